@@ -1,0 +1,232 @@
+"""OneStepSR: LQ image → one UNet evaluation → SR image.
+
+The generator composes injected parts and contains the one-step pass only:
+
+    LQ ─bicubic×s→ x_L ─VAE enc (+LoRA)→ z_L ─strategy→ (t, z_in) ─UNet (+LoRA, +modulation)→ ε̂
+       ─strategy→ ẑ ─VAE dec (frozen)→ SR
+
+Noise strategy, conditioner, optional modulation (LQFM) and the named LoRA adapters are chosen
+by config. Large images run the UNet over overlapping latent tiles whose predictions are blended
+with a smooth window, so peak memory follows the tile, not the image.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_sr import lora as lora_lib
+from lit_sr.backbone import Backbone
+from lit_sr.conditioning.base import Conditioner
+from lit_sr.noise.base import NoiseContext, NoiseStrategy
+from lit_sr.output import SROutput
+
+
+class OneStepSR(nn.Module):
+    """One-step diffusion super-resolver built from a backbone and swappable components."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        noise: NoiseStrategy,
+        conditioner: Conditioner,
+        lora: dict | None = None,
+        modulation: nn.Module | None = None,
+        scale: int = 4,
+        vae_sample: bool = False,
+        tile_latent: int | None = None,
+        tile_overlap: int = 8,
+    ) -> None:
+        super().__init__()
+        self.unet = backbone.unet
+        self.vae = backbone.vae
+        self.noise = noise
+        self.conditioner = conditioner
+        self.modulation = modulation
+        self.scale = int(scale)
+        self.vae_sample = bool(vae_sample)
+        self.tile_latent = tile_latent
+        self.tile_overlap = int(tile_overlap)
+        self.vae_scale_factor = backbone.vae_scale_factor
+        self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0))
+        # Input sizes must survive the VAE and the UNet's down-sampling.
+        unet_down = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        self.size_multiple = self.vae_scale_factor * unet_down
+        noise.attach(backbone.alphas_cumprod)
+        conditioner.attach(backbone)
+        if modulation is not None and hasattr(modulation, "attach"):
+            modulation.attach(backbone)
+        self.unet.requires_grad_(False)
+        self.vae.requires_grad_(False)
+        lora = lora or {}
+        self.unet_adapters: list[str] = []
+        self.vae_adapters: list[str] = []
+        for name, spec in (lora.get("unet") or {}).items():
+            lora_lib.add_adapter(self.unet, name, lora_lib.as_spec(spec))
+            self.unet_adapters.append(name)
+        for name, spec in (lora.get("vae") or {}).items():
+            spec = lora_lib.as_spec(spec)
+            if spec.scope is None:
+                spec.scope = "encoder"  # the decoder stays frozen in every method of the catalogue
+            lora_lib.add_adapter(self.vae, name, spec)
+            self.vae_adapters.append(name)
+        self.use_adapters(self.unet_adapters, self.vae_adapters)
+        self._mod_maps: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.unet.conv_in.register_forward_hook(self._modulate_hook)
+
+    # ------------------------------------------------------------------ adapters
+    def use_adapters(self, unet: list[str] | None, vae: list[str] | None = None) -> None:
+        """Activate exactly these adapters (None/[]: base weights only)."""
+        self.active_unet = list(unet or [])
+        lora_lib.activate(self.unet, self.active_unet)
+        if vae is not None:
+            self.active_vae = list(vae)
+            lora_lib.activate(self.vae, self.active_vae)
+
+    @contextmanager
+    def adapters(self, unet: list[str] | None, vae: list[str] | None = None):
+        """Temporarily switch adapters (e.g. VSD's real/fake score networks)."""
+        prev_unet, prev_vae = self.active_unet, getattr(self, "active_vae", [])
+        self.use_adapters(unet, vae)
+        try:
+            yield
+        finally:
+            self.use_adapters(prev_unet, prev_vae)
+
+    # ------------------------------------------------------------------ pieces
+    def upsample(self, lq: torch.Tensor) -> torch.Tensor:
+        """Bicubic ×scale of an LQ batch in [0, 1]."""
+        if self.scale == 1:
+            return lq
+        return F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latent of an image in [-1, 1]."""
+        dist = self.vae.encode(x).latent_dist
+        z = dist.sample(generator=generator) if self.vae_sample else dist.mode()
+        return z * self.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Image in [-1, 1] from a scaled latent (the decoder is frozen)."""
+        return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
+
+    def _modulate_hook(self, module: nn.Module, args: Any, h: torch.Tensor) -> torch.Tensor | None:
+        if self._mod_maps is None:
+            return None
+        gamma, beta = self._mod_maps
+        return h * (1 + gamma.to(h.dtype)) + beta.to(h.dtype)
+
+    def unet_eps(self, z_in: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor,
+                 mod_maps: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """One UNet call (over tiles when the latent exceeds ``tile_latent``)."""
+        tile = self.tile_latent
+        if tile is None or (z_in.shape[-2] <= tile and z_in.shape[-1] <= tile):
+            return self._unet_call(z_in, t, ehs, mod_maps)
+        return self._unet_tiled(z_in, t, ehs, mod_maps, tile)
+
+    def _unet_call(self, z, t, ehs, mod_maps):
+        self._mod_maps = mod_maps
+        try:
+            return self.unet(z, t, encoder_hidden_states=ehs).sample
+        finally:
+            self._mod_maps = None
+
+    def _unet_tiled(self, z, t, ehs, mod_maps, tile: int) -> torch.Tensor:
+        _, _, h, w = z.shape
+        overlap = min(self.tile_overlap, tile // 2)
+        stride = max(tile - overlap, 1)
+        ys = _tile_starts(h, tile, stride)
+        xs = _tile_starts(w, tile, stride)
+        win = _blend_window(min(tile, h), min(tile, w), overlap, z.device, z.dtype)
+        out = torch.zeros_like(z)
+        weight = torch.zeros_like(z[:, :1])
+        for y in ys:
+            for x in xs:
+                sl = (..., slice(y, y + tile), slice(x, x + tile))
+                maps = None if mod_maps is None else (mod_maps[0][sl], mod_maps[1][sl])
+                eps = self._unet_call(z[sl], t, ehs, maps)
+                out[sl] += eps * win
+                weight[sl] += win
+        return out / weight
+
+    def modulation_maps(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(λ_t·γ, λ_t·β) at latent resolution, or None without modulation."""
+        if self.modulation is None:
+            return None
+        lam = self.noise.modulation_strength(t).to(x.dtype)[:, None, None, None]
+        gamma, beta = self.modulation(x, t)
+        return lam * gamma, lam * beta
+
+    # ------------------------------------------------------------------ passes
+    def step(
+        self,
+        lq: torch.Tensor,
+        knob: Any = None,
+        hq: torch.Tensor | None = None,
+        batch: dict | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SROutput:
+        """The full pass, returning everything losses may need. ``lq``/``hq`` are in [0, 1]."""
+        lq_up = self.upsample(lq)
+        h, w = lq_up.shape[-2:]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        x = lq_up * 2 - 1
+        if ph or pw:  # reflect-pad to a size the VAE/UNet accept; cropped again below
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        z_lq = self.encode(x, generator)
+        z_hq = None
+        if hq is not None and getattr(self.noise, "needs_hq_latent", False):
+            with torch.no_grad(), self.adapters(self.active_unet, []):
+                z_hq = self.encode(hq * 2 - 1)
+        ctx = NoiseContext(lq_up=x, z_lq=z_lq, training=self.training, knob=knob, z_hq=z_hq, generator=generator)
+        t = self.noise.timesteps(ctx)
+        z_in, aux = self.noise.unet_input(ctx, t)
+        ehs = self.conditioner(x, batch)
+        eps = self.unet_eps(z_in, t, ehs.to(z_in.dtype), self.modulation_maps(x, t))
+        z_hat = self.noise.to_x0(ctx, t, z_in, eps, aux)
+        sr = (self.decode(z_hat)[..., :h, :w] + 1) / 2
+        return SROutput(sr=sr, z_hat=z_hat, z_lq=z_lq, t=t, eps_hat=eps, encoder_hidden_states=ehs,
+                        lq_up=lq_up, extras={"z_hq": z_hq, "z_in": z_in, **aux})
+
+    def forward(self, lq: torch.Tensor, knob: Any = None) -> torch.Tensor:
+        """LQ in [0, 1] → SR in [0, 1] at ``scale``× the size."""
+        return self.step(lq, knob=knob).sr
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every parameter that is not part of the frozen backbone (adapters, modulation, MLPs)."""
+        return {n: p.detach() for n, p in self.named_parameters() if _is_added(n)}
+
+
+def _is_added(name: str) -> bool:
+    """True for parameters the framework adds on top of the pretrained weights."""
+    if name.startswith(("unet.", "vae.")):
+        return "lora_" in name
+    return True
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride))
+    starts.append(size - tile)  # last tile flush with the border
+    return sorted(set(starts))
+
+
+def _blend_window(h: int, w: int, overlap: int, device, dtype) -> torch.Tensor:
+    """Separable raised-cosine ramps over the overlap; flat 1 inside (never exactly 0)."""
+
+    def ramp(n: int) -> torch.Tensor:
+        v = torch.ones(n, dtype=torch.float64)
+        if overlap > 0:
+            k = min(overlap, n // 2)
+            r = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(k, dtype=torch.float64) + 0.5) / k)
+            v[:k] = r
+            v[n - k :] = r.flip(0)
+        return v
+
+    return (ramp(h)[:, None] * ramp(w)[None, :]).to(device, dtype)[None, None]

@@ -1,0 +1,90 @@
+"""The noise-strategy interface every one-step scheme implements.
+
+A strategy answers three questions for one generator pass:
+
+1. which timestep ``t`` the UNet is told (from the batch in training, from the user's knob at
+   inference);
+2. what latent the UNet sees (the clean LQ latent, or a noised one);
+3. how the UNet's ε-prediction turns into the clean-latent estimate ẑ.
+
+It also reports λ_t (the strength LQ feature modulation uses) so modulation follows the
+strategy. The knob is the same idea everywhere: one number (or named preset) chosen at
+inference that moves the output between fidelity and realism.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class NoiseContext:
+    """What a strategy may look at when it decides ``t`` and the UNet input."""
+
+    lq_up: torch.Tensor  # (B, 3, H, W) upsampled LQ in [-1, 1]
+    z_lq: torch.Tensor  # (B, C, h, w) scaled latent of the upsampled LQ
+    training: bool
+    knob: Any = None  # user's inference setting (None: the strategy's default)
+    z_hq: torch.Tensor | None = None  # latent of the HQ target (training only)
+    generator: torch.Generator | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class NoiseStrategy(nn.Module, metaclass=abc.ABCMeta):
+    """Base class; holds the diffusion schedule ᾱ_t attached by the generator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # A plain attribute, not a buffer: ᾱ_999 ≈ 0.005 must not be rounded to bf16 when the
+        # module is cast; it is moved to the input's device on use.
+        self._alphas_cumprod = torch.empty(0, dtype=torch.float64)
+
+    def attach(self, alphas_cumprod: torch.Tensor) -> None:
+        self._alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64).clone()
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self._alphas_cumprod.numel())
+
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t for a (B,) long tensor of timesteps, float32 on t's device."""
+        if self._alphas_cumprod.numel() == 0:
+            raise RuntimeError("noise strategy used before attach(alphas_cumprod)")
+        return self._alphas_cumprod.to(t.device)[t.long()].float()
+
+    def w(self, t: torch.Tensor) -> torch.Tensor:
+        """w_t = √(1−ᾱ_t)/√ᾱ_t, the ε → latent scale of the one-step update."""
+        a = self.alpha_bar(t)
+        return (1.0 - a).sqrt() / a.sqrt()
+
+    def modulation_strength(self, t: torch.Tensor) -> torch.Tensor:
+        """λ_t = 1/w_t: modulation matters more where less noise is injected."""
+        return 1.0 / self.w(t)
+
+    @abc.abstractmethod
+    def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
+        """(B,) long timesteps for this pass."""
+
+    @abc.abstractmethod
+    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The latent the UNet sees, and strategy values ``to_x0`` needs (e.g. the injected noise)."""
+
+    @abc.abstractmethod
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor, aux: dict) -> torch.Tensor:
+        """ẑ from the UNet's ε-prediction."""
+
+    def parse_knob(self, knob: Any) -> Any:
+        """Validate a user knob (CLI string or number); raise ValueError with one line if bad."""
+        return knob
+
+    def knob_values(self) -> list:
+        """Default sweep for fidelity–realism curves."""
+        return [None]
+
+    @staticmethod
+    def full_timesteps(value: int, ref: torch.Tensor) -> torch.Tensor:
+        return torch.full((ref.shape[0],), int(value), dtype=torch.long, device=ref.device)

@@ -1,0 +1,46 @@
+"""OSEDiff's uniform one-step scheme: the clean LQ latent at a fixed t (999)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from lit_sr.noise.base import NoiseContext, NoiseStrategy
+
+log = logging.getLogger(__name__)
+
+
+class UniformNoise(NoiseStrategy):
+    """``ẑ = (z_L − √(1−ᾱ_t)·ε̂)/√ᾱ_t`` at one fixed t for training and inference.
+
+    There is no trade-off knob: a knob passed at inference has no effect (logged once).
+    """
+
+    def __init__(self, timestep: int = 999) -> None:
+        super().__init__()
+        self.timestep = int(timestep)
+        self._warned_knob = False
+
+    def attach(self, alphas_cumprod: torch.Tensor) -> None:
+        super().attach(alphas_cumprod)
+        if not 0 <= self.timestep < self.num_train_timesteps:
+            raise ValueError(f"noise.timestep={self.timestep} outside [0, {self.num_train_timesteps})")
+
+    def parse_knob(self, knob: Any) -> Any:
+        if knob is not None and not self._warned_knob:
+            log.warning("noise=uniform has no fidelity-realism knob; knob=%r is ignored", knob)
+            self._warned_knob = True
+        return None
+
+    def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
+        if ctx.knob is not None:
+            self.parse_knob(ctx.knob)
+        return self.full_timesteps(self.timestep, ctx.z_lq)
+
+    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return ctx.z_lq, {}
+
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor, aux: dict) -> torch.Tensor:
+        a = self.alpha_bar(t).to(z_in.dtype)[:, None, None, None]
+        return (z_in - (1.0 - a).sqrt() * eps_hat) / a.sqrt()

@@ -1,0 +1,23 @@
+"""The record one generator step returns; loss terms read what they need from it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SROutput:
+    """Everything a training step may need from one generator pass.
+
+    Images are in [0, 1]; latents are in the VAE's scaled latent space.
+    """
+
+    sr: torch.Tensor  # (B, 3, H, W) super-resolved image in [0, 1]
+    z_hat: torch.Tensor  # (B, C, h, w) predicted clean latent
+    z_lq: torch.Tensor  # (B, C, h, w) latent of the upsampled LQ
+    t: torch.Tensor  # (B,) long timesteps the UNet saw
+    eps_hat: torch.Tensor  # (B, C, h, w) UNet prediction
+    encoder_hidden_states: torch.Tensor  # (B, L, D) conditioning the UNet saw
+    lq_up: torch.Tensor  # (B, 3, H, W) upsampled LQ in [0, 1]
+    extras: dict = field(default_factory=dict)  # strategy/conditioner specific values

@@ -1,0 +1,1 @@
+"""Loss terms: one per file, each an ``nn.Module`` subclassing :class:`losses.base.LossTerm`."""

@@ -1,0 +1,41 @@
+"""The loss-term interface shared by every training objective."""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+from lit_sr.output import SROutput
+
+
+class LossTerm(nn.Module, metaclass=abc.ABCMeta):
+    """One weighted term of the training objective.
+
+    ``forward(out, batch)`` returns the *unweighted* scalar; the system multiplies by
+    ``weight`` and logs both. Terms that own trainable networks (VSD's fake score, a GAN
+    discriminator) expose them through :meth:`own_parameters` so the system can give them
+    their own optimizer.
+    """
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = float(weight)
+
+    @abc.abstractmethod
+    def forward(self, out: SROutput, batch: dict) -> torch.Tensor:
+        """The unweighted scalar loss."""
+
+    def own_parameters(self) -> list[nn.Parameter]:
+        return []
+
+
+class ImageLoss(LossTerm):
+    """A term that compares the SR image with the HQ target (both in [0, 1])."""
+
+    @abc.abstractmethod
+    def distance(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar distance between two image batches in [0, 1]."""
+
+    def forward(self, out: SROutput, batch: dict) -> torch.Tensor:
+        return self.distance(out.sr, batch["hq"])
