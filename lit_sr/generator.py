@@ -29,6 +29,9 @@ from lit_sr.output import SROutput
 class OneStepSR(nn.Module):
     """One-step diffusion super-resolver built from a backbone and swappable components."""
 
+    # Built in code from other config nodes, not from the ``model`` node.
+    __injected_args__ = ("backbone", "noise", "conditioner", "lora", "modulation")
+
     def __init__(
         self,
         backbone: Backbone,

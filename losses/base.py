@@ -27,7 +27,15 @@ class LossTerm(nn.Module, metaclass=abc.ABCMeta):
         """The unweighted scalar loss."""
 
     def own_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters this term owns (updated by its own optimizer)."""
         return []
+
+    def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=float(getattr(self, "lr", 1e-4)))
+
+    def aux_loss(self, out: SROutput, batch: dict, system) -> torch.Tensor:
+        """Loss for the term's own networks, computed after the generator step."""
+        raise TypeError(f"{type(self).__name__} owns parameters but defines no aux_loss")
 
 
 class ImageLoss(LossTerm):

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Tests: set up the environment if needed, then run the whole offline test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"
