@@ -43,6 +43,7 @@ class OneStepSR(nn.Module):
         vae_sample: bool = False,
         tile_latent: int | None = None,
         tile_overlap: int = 8,
+        endpoints: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.unet = backbone.unet
@@ -54,6 +55,10 @@ class OneStepSR(nn.Module):
         self.vae_sample = bool(vae_sample)
         self.tile_latent = tile_latent
         self.tile_overlap = int(tile_overlap)
+        # IFCSR: named endpoint networks, each a set of active UNet adapters; γ blends their images.
+        self.endpoint_adapters = {k: list(v) for k, v in (endpoints or {}).items()}
+        if self.endpoint_adapters and set(self.endpoint_adapters) != {"fidelity", "realism"}:
+            raise ValueError(f"model.endpoints must name 'fidelity' and 'realism', got {sorted(self.endpoint_adapters)}")
         self.vae_scale_factor = backbone.vae_scale_factor
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0))
         # Input sizes must survive the VAE and the UNet's down-sampling.
@@ -199,6 +204,21 @@ class OneStepSR(nn.Module):
     def forward(self, lq: torch.Tensor, knob: Any = None) -> torch.Tensor:
         """LQ in [0, 1] → SR in [0, 1] at ``scale``× the size."""
         return self.step(lq, knob=knob).sr
+
+    @property
+    def has_endpoints(self) -> bool:
+        return bool(self.endpoint_adapters)
+
+    def endpoint_step(self, name: str, lq: torch.Tensor, knob: Any = None, **kwargs: Any) -> SROutput:
+        """One pass with the adapters of endpoint ``name`` active."""
+        with self.adapters(self.endpoint_adapters[name], getattr(self, "active_vae", None)):
+            return self.step(lq, knob=knob, **kwargs)
+
+    def endpoints(self, lq: torch.Tensor, knob: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_fid, x_real): exactly two generator passes; blend them with :func:`lit_sr.blend.blend`."""
+        if not self.has_endpoints:
+            raise ValueError("this model has no fidelity/realism endpoints (model.endpoints is not set)")
+        return self.endpoint_step("fidelity", lq, knob).sr, self.endpoint_step("realism", lq, knob).sr
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter that is not part of the frozen backbone (adapters, modulation, MLPs)."""
