@@ -185,6 +185,21 @@ def load_backbone(
                     vision_encoder=vis, name=root.name)
 
 
+def _check_paths(cfg) -> str | None:
+    """Config-time check (before anything is built) that the weight directories exist."""
+    node = cfg.backbone
+    path = node.get("path")
+    if path not in (None, "", "???") and not Path(str(path)).expanduser().exists():
+        return f"backbone.path: directory not found: {path}"
+    vision = node.get("vision_encoder")
+    if isinstance(vision, str) and vision and not Path(vision).expanduser().exists():
+        return f"backbone.vision_encoder: directory not found: {vision}"
+    return None
+
+
+load_backbone.requires = _check_paths  # picked up by lit_sr.config.check_combinations
+
+
 # ---------------------------------------------------------------------------------------------
 # Tiny offline backbone
 # ---------------------------------------------------------------------------------------------

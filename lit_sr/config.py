@@ -26,8 +26,13 @@ from lit_sr.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "train", conf_dir: str | Path | None = None) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with ``overrides``; raise :class:`ConfigError` on any problem."""
+def compose(overrides: list[str] | None = None, config_name: str = "train", conf_dir: str | Path | None = None,
+            top_level: set[str] | None = None) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides``; raise :class:`ConfigError` on any problem.
+
+    ``top_level``: the keys allowed at the root (default: the training config's, :data:`TOP_LEVEL`);
+    other roots such as ``conf/extract.yaml`` pass their own.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -50,7 +55,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "train", conf
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config interpolation failed: {_first_line(exc)}") from None
-    validate(cfg)
+    validate(cfg, top_level)
     return cfg
 
 
@@ -169,11 +174,13 @@ TOP_LEVEL = {"backbone", "noise", "conditioning", "lora", "loss", "data", "degra
              "experiment_name", "inference"}
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, top_level: set[str] | None = None) -> None:
     """Check the whole composed config (see module docstring)."""
-    unknown = set(cfg.keys()) - TOP_LEVEL
+    unknown = set(cfg.keys()) - (TOP_LEVEL if top_level is None else set(top_level))
     if unknown:
         raise ConfigError(f"unknown config key '{sorted(unknown)[0]}'")
+    if cfg.get("mem") is not None:  # before the walk, which would trip over its ??? value
+        _validate_mem(cfg.mem)
     _walk_targets(cfg, "")
     if "trainer" in cfg:
         import lightning
@@ -201,13 +208,26 @@ def validate(cfg: DictConfig) -> None:
     check_combinations(cfg)
 
 
+def _validate_mem(node: DictConfig) -> None:
+    """The ``mem`` node of the MEM experiment (RCOD's metric estimator, see :mod:`lit_sr.mem`)."""
+    allowed = {"generator_export", "generator_overrides", "estimator", "lr", "weight_decay"}
+    for k in node:
+        if k not in allowed:
+            raise ConfigError(f"unknown config key 'mem.{k}' (accepted: {', '.join(sorted(allowed))})")
+    if OmegaConf.is_missing(node, "generator_export") or not node.get("generator_export"):
+        raise ConfigError("missing value for 'mem.generator_export' (the trained generator's export folder: "
+                          "mem.generator_export=runs/x/adapter)")
+    if not float(node.get("lr", 1e-3)) > 0:
+        raise ConfigError(f"bad value for 'mem.lr': {node.lr} (must be > 0)")
+
+
 def check_combinations(cfg: DictConfig) -> None:
     """Reject component combinations that cannot work, before anything is built.
 
     A component class may define ``requires(cfg) -> str | None``; a returned string is the
     one-line reason the combination is impossible.
     """
-    for key in ("noise", "conditioning", "modulation", "data", "degradation"):
+    for key in ("backbone", "noise", "conditioning", "modulation", "data", "degradation"):
         node = cfg.get(key)
         if isinstance(node, DictConfig) and "_target_" in node:
             target = resolve_target(str(node._target_), key)

@@ -1,0 +1,44 @@
+"""End-to-end training runs through train.py (single process and 2-process CPU DDP)."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["trainer.enable_progress_bar=false", "data.epoch_size=8", "data.batch_size=2", "val.metrics=[psnr]",
+        "trainer.log_every_n_steps=1"]
+
+
+def _train(run_dir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), f"run_dir={run_dir}", *FAST, *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_short_run_writes_checkpoint_adapter_samples_metrics(tmp_path):
+    _train(tmp_path, "trainer.max_steps=4", "trainer.val_check_interval=2")
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "adapter" / "pytorch_lora_weights.safetensors").exists()
+    assert (tmp_path / "metrics.json").exists()
+    assert list((tmp_path / "samples").rglob("*.png"))
+    # checkpoints hold the trainable state only (a few MB, not the backbone)
+    assert (tmp_path / "checkpoints" / "last.ckpt").stat().st_size < 20e6
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_trains_and_saves_one_checkpoint(tmp_path):
+    _train(tmp_path, "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.devices=2",
+           "trainer.strategy=ddp", "export.enabled=false")
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts
+    assert len([c for c in ckpts if c != "last.ckpt"]) == 1  # one best checkpoint, written by rank 0 only
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        steps = {row["step"] for row in csv.DictReader(f) if row.get("train/loss")}
+    assert len(steps) == 3
