@@ -6,12 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig, OmegaConf
 
 from lit_sr.build import build_component, build_datamodule, build_generator, build_losses
 from lit_sr.config import CONF_DIR, compose
 from lit_sr.errors import ConfigError, WeightsError
 
 ROOT = Path(__file__).resolve().parent.parent
+# Choices that only make sense together with another setting (checked by their own tests).
+NEEDS = {("conditioning", "vpim"): ["backbone.vision_encoder=true"]}
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 
@@ -21,24 +24,32 @@ def _choices(group: str) -> list[str]:
 
 @pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in _choices(g)
                                           if g not in ("experiment", "extract")])
-def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb):
-    overrides = [f"{group}={choice}"]
+def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb, tmp_path):
+    overrides = [f"{group}={choice}", *NEEDS.get((group, choice), [])]
     if group == "backbone" and choice != "tiny":
-        overrides.append(f"{group}.path=/nonexistent/sd")
+        with pytest.raises(ConfigError, match="backbone.path: directory not found: /nonexistent/sd"):
+            compose([*overrides, "backbone.path=/nonexistent/sd"])  # checked before anything is built
+        overrides.append(f"{group}.path={tmp_path}")
     cfg = compose(overrides)
     node = cfg.get(group)
     if group == "backbone":
         if choice == "tiny":
             assert build_component(node).unet is not None
         else:
-            with pytest.raises(WeightsError, match="/nonexistent/sd"):
-                build_component(node)
+            with pytest.raises(WeightsError, match="'unet' folder not found"):
+                build_component(node)  # an existing directory without the diffusers layout
     elif group == "lora":
         assert build_generator(cfg, tiny_bb).unet_adapters
     elif group == "loss":
         assert build_losses(cfg)
     elif group in ("data", "degradation"):
         assert build_datamodule(cfg) is not None
+    elif group == "trainer":
+        import lightning
+
+        kwargs = OmegaConf.to_container(node)
+        if kwargs["accelerator"] == "cpu":
+            assert lightning.Trainer(**kwargs, logger=False, enable_checkpointing=False).max_steps > 0
     elif node is not None and "_target_" in node:
         assert build_component(node) is not None
     elif node is not None:  # groups of nested component nodes (callbacks, tmg snippets)
