@@ -1,0 +1,242 @@
+"""RCOD's metric estimation module (MEM): predicts the latent metric M_L = cos(z_L, z_H) from the LQ.
+
+LDG trains each image at the timestep of its similarity group, which needs the HQ latent. At
+inference there is no HQ, so a small regressor estimates M_L from the LQ alone and
+``knob=adaptive`` maps the estimate through the same grouping (:class:`lit_sr.noise.ldg.LDGNoise`).
+
+RCOD's reference code regresses M_L with MSE from the features of a degradation-estimation network
+(S3Diff's DEResNet) through one linear layer. Those weights are not available offline, so the
+features here are cheap degradation cues of the same kind, all from frozen inputs:
+
+* latent statistics of z_L: per-channel mean, standard deviation and mean absolute spatial
+  gradient (3·C values);
+* image statistics of the upsampled LQ: mean Sobel magnitude, mean absolute Laplacian (noise /
+  high-frequency energy) and the standard deviation of the luminance (3 values).
+
+The features are standardised with running statistics gathered during training (kept with the
+weights), then an MLP (Linear–GELU–…–Linear) regresses M_L.
+
+Train one with the ``mem`` experiment (``python train.py experiment=mem
+mem.generator_export=runs/x/adapter``): the trained generator's own VAE encoder defines z_L, so
+the estimate matches what LDG grouped on in training. The result is one safetensors file;
+point ``noise.mem_weights`` at it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from lit_sr.conditioning.frozen import FrozenModule
+from lit_sr.errors import WeightsError
+from lit_sr.noise.ldg import latent_cosine
+
+log = logging.getLogger(__name__)
+
+MEM_FORMAT = "lit_sr_mem"
+_GRAY = (0.299, 0.587, 0.114)
+_LAPLACE = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+
+
+def mem_features(z_lq: torch.Tensor, lq_up: torch.Tensor) -> torch.Tensor:
+    """(B, 3·C + 3) degradation cues of a latent and its image in [-1, 1] (see module docstring)."""
+    z = z_lq.float()
+    mean = z.mean(dim=(2, 3))
+    std = z.std(dim=(2, 3), unbiased=False)
+    grad = (z[..., :, 1:] - z[..., :, :-1]).abs().mean(dim=(2, 3)) + (z[..., 1:, :] - z[..., :-1, :]).abs().mean(dim=(2, 3))
+    x = lq_up.float() * 0.5 + 0.5
+    gray = (x[:, :3] * torch.tensor(_GRAY, device=x.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    kx = torch.tensor(_SOBEL_X, device=x.device)
+    kernels = torch.stack([kx, kx.t(), torch.tensor(_LAPLACE, device=x.device)])[:, None]
+    resp = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels).abs()
+    sobel = (resp[:, 0] + resp[:, 1]).mean(dim=(1, 2))
+    lap = resp[:, 2].mean(dim=(1, 2))
+    img = torch.stack([sobel, lap, gray.flatten(1).std(dim=1, unbiased=False)], dim=1)
+    return torch.cat([mean, std, grad, img], dim=1)
+
+
+class RunningStandardizer(nn.Module):
+    """Feature standardisation with statistics accumulated over training (exact running mean/var).
+
+    Unlike BatchNorm it works with any batch size (one included) and its statistics converge to
+    those of everything seen, not an exponential average.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(num_features, dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros(num_features, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():  # Chan et al.'s parallel update of mean and sum of squares
+                xb = x.detach().double()
+                n_b = float(xb.shape[0])
+                mean_b = xb.mean(dim=0)
+                m2_b = ((xb - mean_b) ** 2).sum(dim=0)
+                n = self.count + n_b
+                delta = mean_b - self.mean
+                self.mean += delta * (n_b / n)
+                self.m2 += m2_b + delta ** 2 * (self.count * n_b / n)
+                self.count.copy_(n)
+        if self.count == 0:
+            return x
+        std = (self.m2 / self.count).sqrt().clamp_min(1e-6)
+        return (x - self.mean.to(x.dtype)) / std.to(x.dtype)
+
+
+class MetricEstimator(nn.Module):
+    """MLP on frozen LQ features → estimate of M_L = cos(z_L, z_H), shape (B,)."""
+
+    def __init__(self, latent_channels: int = 4, hidden: int = 64, depth: int = 2) -> None:
+        super().__init__()
+        if hidden <= 0 or depth < 1:
+            raise ValueError(f"mem.estimator needs hidden > 0 and depth >= 1, got {hidden}, {depth}")
+        self.latent_channels, self.hidden, self.depth = int(latent_channels), int(hidden), int(depth)
+        n_in = 3 * self.latent_channels + 3
+        self.norm = RunningStandardizer(n_in)
+        layers: list[nn.Module] = []
+        width = n_in
+        for _ in range(self.depth):
+            layers += [nn.Linear(width, self.hidden), nn.GELU()]
+            width = self.hidden
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def config(self) -> dict:
+        return {"latent_channels": self.latent_channels, "hidden": self.hidden, "depth": self.depth}
+
+    def forward(self, z_lq: torch.Tensor, lq_up: torch.Tensor) -> torch.Tensor:
+        if z_lq.shape[1] != self.latent_channels:
+            raise ValueError(f"MEM was built for {self.latent_channels} latent channels, got {z_lq.shape[1]}")
+        feats = mem_features(z_lq, lq_up)
+        return self.mlp(self.norm(feats)).squeeze(1)
+
+
+def save_mem(estimator: MetricEstimator, path: str | Path) -> Path:
+    """One safetensors file: weights, standardisation statistics and the constructor arguments."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in estimator.state_dict().items()}
+    save_file(state, str(path), metadata={"format": MEM_FORMAT, "version": "1", "config": json.dumps(estimator.config())})
+    return path
+
+
+def load_mem(path: str | Path) -> MetricEstimator:
+    """Rebuild a :class:`MetricEstimator` saved by :func:`save_mem` (eval mode, frozen)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"noise.mem_weights: MEM file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise WeightsError(f"noise.mem_weights: cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if meta.get("format") != MEM_FORMAT:
+        raise WeightsError(f"noise.mem_weights: {path} is not a MEM file (train one with experiment=mem)")
+    estimator = MetricEstimator(**json.loads(meta["config"]))
+    try:
+        estimator.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"noise.mem_weights: {path} does not match its stored config: {str(exc).splitlines()[0]}") from None
+    estimator.requires_grad_(False)
+    return estimator.eval()
+
+
+def generator_latents(generator, lq: torch.Tensor, hq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z_L, z_H, x) exactly as :meth:`OneStepSR.step` forms them for LDG.
+
+    x is the upsampled, padded LQ in [-1, 1]; z_L uses the generator's active VAE adapters and
+    z_H the plain encoder (the generator encodes the HQ target with its VAE adapters off).
+    """
+    lq_up = generator.upsample(lq)
+    h, w = lq_up.shape[-2:]
+    if hq.shape[-2:] != (h, w):
+        raise ValueError(f"HQ size {tuple(hq.shape[-2:])} does not match the upsampled LQ {(h, w)}")
+    m = generator.size_multiple
+    ph, pw = (-h) % m, (-w) % m
+    x, y = lq_up * 2 - 1, hq * 2 - 1
+    if ph or pw:
+        mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
+        x, y = F.pad(x, (0, pw, 0, ph), mode=mode), F.pad(y, (0, pw, 0, ph), mode=mode)
+    z_lq = generator.encode(x)
+    with generator.adapters(generator.active_unet, []):
+        z_hq = generator.encode(y)
+    return z_lq, z_hq, x
+
+
+class MEMSystem(L.LightningModule):
+    """Trains a :class:`MetricEstimator` against a frozen, trained generator's latents (MSE on M_L).
+
+    The generator only supplies the (z_L, z_H) pairs, so it is held outside the module tree:
+    it stays frozen and in eval mode, checkpoints hold the estimator alone, and it follows the
+    batch's device on use.
+    """
+
+    def __init__(self, generator: nn.Module, estimator: MetricEstimator, lr: float = 1e-3,
+                 weight_decay: float = 0.0, config: dict | None = None) -> None:
+        super().__init__()
+        self._generator = FrozenModule(generator)
+        self.estimator = estimator
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.config = config or {}
+        self.save_hyperparameters({"config": self.config})
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def generator(self) -> nn.Module:
+        return self._generator.module
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.estimator.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def _pairs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            generator = self._generator.on(batch["lq"])
+            z_lq, z_hq, x = generator_latents(generator, batch["lq"], batch["hq"])
+            target = latent_cosine(z_lq, z_hq)
+        return self.estimator(z_lq, x), target
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        pred, target = self._pairs(batch)
+        loss = F.mse_loss(pred, target)
+        self.log("train/mem_mse", loss.detach(), prog_bar=True, batch_size=pred.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred, target = self._pairs(batch)
+        self._val.append((pred.detach().float().cpu(), target.detach().float().cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        pred = torch.cat([p for p, _ in self._val])
+        target = torch.cat([t for _, t in self._val])
+        self._val.clear()
+        self.log("val/mem_mae", (pred - target).abs().mean().item())
+        if pred.numel() > 1 and pred.std() > 0 and target.std() > 0:
+            self.log("val/mem_corr", torch.corrcoef(torch.stack([pred, target]))[0, 1].item())
+        grouping = getattr(self.generator.noise, "group_index", None)
+        if callable(grouping):  # LDG generators: how often the estimate picks the true group
+            self.log("val/mem_group_acc", (grouping(pred) == grouping(target)).float().mean().item())
+
+
+class MEMExport(L.Callback):
+    """Writes the trained estimator (:func:`save_mem`) when fitting ends."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            log.info("wrote MEM weights to %s", save_mem(pl_module.estimator, self.path))

@@ -1,0 +1,74 @@
+"""LQ-guided feature modulation (LQFM, CODSR).
+
+The VAE compresses the LQ image 8× before the UNet sees it, losing detail the UNet cannot recover.
+LQFM feeds the *uncompressed* LQ straight to the first UNet features instead:
+
+    x (upsampled LQ, [-1, 1]) ─PixelUnshuffle(f)→ 3·f² channels at latent resolution
+      ─SFT (two small conv branches)→ (γ, β), each with conv_in's output channels
+
+and the generator applies ``h ← h·(1 + λ_t·γ) + λ_t·β`` right after ``unet.conv_in`` with
+λ_t = 1/w_t from the noise strategy (see :meth:`lit_sr.generator.OneStepSR.modulation_maps`).
+The last conv of each branch starts at zero, so an untrained LQFM leaves the UNet unchanged.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class LQFM(nn.Module):
+    """Pixel-unshuffle + spatial feature transform producing (γ, β) for the UNet's first features.
+
+    The layers are built by :meth:`attach` (the generator calls it with the backbone), because
+    their sizes follow the backbone: ``3·f²`` input channels for VAE factor ``f`` (192 at f = 8)
+    and conv_in's output channels (320 on SD-2.1).
+    """
+
+    def __init__(self, hidden: int | None = None, kernel_size: int = 3) -> None:
+        super().__init__()
+        if hidden is not None and hidden <= 0:
+            raise ValueError(f"modulation.hidden must be > 0 or null, got {hidden}")
+        if kernel_size <= 0 or kernel_size % 2 == 0:
+            raise ValueError(f"modulation.kernel_size must be odd and > 0, got {kernel_size}")
+        self.hidden = hidden
+        self.kernel_size = int(kernel_size)
+        self.factor: int | None = None
+        self.unshuffle: nn.Module | None = None
+        self.scale: nn.Sequential | None = None
+        self.shift: nn.Sequential | None = None
+
+    def attach(self, backbone) -> None:
+        """Build the layers for this backbone's VAE factor and conv_in width."""
+        self.factor = int(backbone.vae_scale_factor)
+        out_ch = int(backbone.unet.conv_in.out_channels)
+        in_ch = 3 * self.factor ** 2
+        hidden = int(self.hidden or out_ch)
+        pad = self.kernel_size // 2
+        self.unshuffle = nn.PixelUnshuffle(self.factor)
+
+        def branch() -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(in_ch, hidden, self.kernel_size, padding=pad),
+                nn.SiLU(),
+                _zero(nn.Conv2d(hidden, out_ch, self.kernel_size, padding=pad)),
+            )
+
+        self.scale, self.shift = branch(), branch()
+        dev = next(backbone.unet.parameters()).device
+        self.to(dev)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(γ, β) at latent resolution for ``x`` in [-1, 1]; ``t`` is unused (λ_t is applied by the generator)."""
+        if self.unshuffle is None:
+            raise RuntimeError("LQFM used before attach(backbone)")
+        f = self.factor
+        if x.shape[-2] % f or x.shape[-1] % f:
+            raise ValueError(f"LQFM input size {tuple(x.shape[-2:])} is not a multiple of the VAE factor {f}")
+        cond = self.unshuffle(x)
+        return self.scale(cond), self.shift(cond)

@@ -1,0 +1,211 @@
+"""RCOD's latent domain grouping (LDG): the timestep encodes how degraded the input is.
+
+In training, each image's timestep comes from the latent metric M_L = cos(z_L, z_H), the cosine
+similarity of the flattened LQ and HQ latents: badly degraded inputs (low similarity) are trained
+at a large t, mild ones at a small t. The UNet thus learns one "domain" per group, and at
+inference the user picks the group, i.e. how much the output may depart from the LQ.
+
+Two groupings, one config node:
+
+* ``grouping: formula`` (paper, eq. 5): ``t = k·(n − ⌊n·(M_L − M_min)/(M_max − M_min)⌋)``, with
+  the group index g = ⌊…⌋ clamped to [0, n−1], so t ∈ {k, 2k, …, n·k} (250/500/750 for
+  k = 250, n = 3). The clamp matters at the edges: M_L ≥ M_max would give g = n and t = 0 (no
+  group); it joins the highest-similarity group (t = k). M_L < M_min joins the lowest (t = n·k).
+  A metric within 1e-6 of a group edge counts as reaching it, so decimal edges such as 0.7 land
+  in the group they name despite floating-point rounding.
+* ``grouping: thresholds`` (reference code): ascending edges (0.5, 0.7) and one timestep per
+  group, lowest similarity first (749, 499, 249): M_L < 0.5 → 749, 0.5 ≤ M_L < 0.7 → 499,
+  M_L ≥ 0.7 → 249.
+
+The defaults M_min = 0.3, M_max = 0.9 put the formula's edges exactly at the reference code's 0.5
+and 0.7 (0.3 + 0.6/3 and 0.3 + 2·0.6/3); the paper does not state its M_min/M_max.
+
+Like the reference code, the UNet sees the clean LQ latent z_L (no noise is added): the timestep
+only tells the UNet which domain it is in. ẑ = (z_L − √(1−ᾱ_t)·ε̂)/√ᾱ_t. The reference code
+divides by a fixed ᾱ = 0.7537 (≈ ᾱ_200 of the SD schedule) for every t; ``fixed_alpha_x0: 0.7537``
+reproduces that.
+
+Inference knob: an integer t, a preset (``fidelity`` / ``neutral`` / ``realism`` = the smallest /
+middle / largest group timestep: 250/500/750 under the paper grouping), or ``adaptive``: the
+metric estimated by a trained MEM (:mod:`lit_sr.mem`, ``mem_weights``) picks the group per image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from lit_sr.noise.base import NoiseContext, NoiseStrategy
+from lit_sr.noise.rgpa import parse_timestep
+
+if TYPE_CHECKING:
+    from lit_sr.mem import MetricEstimator
+
+PRESETS = ("fidelity", "neutral", "realism")
+_EDGE_TOL = 1e-6
+
+
+def latent_cosine(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """M_L: per-sample cosine similarity of flattened latents, (B,) float32."""
+    return F.cosine_similarity(z_a.flatten(1).float(), z_b.flatten(1).float(), dim=1)
+
+
+class LDGNoise(NoiseStrategy):
+    """Timestep from the LQ/HQ latent similarity group (training) or the user's knob (inference)."""
+
+    #: The generator encodes the HQ target when this is set (training only).
+    needs_hq_latent = True
+
+    def __init__(
+        self,
+        grouping: str = "formula",
+        n: int = 3,
+        k: int = 250,
+        m_min: float = 0.3,
+        m_max: float = 0.9,
+        thresholds: list[float] | None = None,
+        group_timesteps: list[int] | None = None,
+        fixed_alpha_x0: float | None = None,
+        default_knob: str | int = "neutral",
+        mem_weights: str | None = None,
+    ) -> None:
+        super().__init__()
+        if grouping == "formula":
+            if n < 1 or k < 1:
+                raise ValueError(f"noise.n and noise.k must be >= 1, got {n}, {k}")
+            if not m_max > m_min:
+                raise ValueError(f"need noise.m_max > noise.m_min, got {m_max}, {m_min}")
+            self.group_t = [int(k) * (int(n) - g) for g in range(int(n))]
+            self.edges: list[float] = []
+        elif grouping == "thresholds":
+            edges = [float(v) for v in (thresholds if thresholds is not None else [0.5, 0.7])]
+            ts = [int(v) for v in (group_timesteps if group_timesteps is not None else [749, 499, 249])]
+            if len(ts) != len(edges) + 1:
+                raise ValueError(f"noise.group_timesteps needs len(thresholds)+1 = {len(edges) + 1} values, got {len(ts)}")
+            if edges != sorted(edges):
+                raise ValueError(f"noise.thresholds must be ascending, got {edges}")
+            self.group_t, self.edges = ts, edges
+        else:
+            raise ValueError(f"noise.grouping must be 'formula' or 'thresholds', got {grouping!r}")
+        if fixed_alpha_x0 is not None and not 0 < fixed_alpha_x0 <= 1:
+            raise ValueError(f"noise.fixed_alpha_x0 must be in (0, 1], got {fixed_alpha_x0}")
+        self.grouping, self.n, self.k = grouping, int(n), int(k)
+        self.m_min, self.m_max = float(m_min), float(m_max)
+        self.fixed_alpha_x0 = fixed_alpha_x0
+        # Held outside the module tree: the MEM is trained and shipped on its own, so adapter
+        # exports and checkpoints do not depend on whether one is used. Moved to the input's device on use.
+        self._mem: tuple[MetricEstimator, ...] = ()
+        if mem_weights:
+            from lit_sr.mem import load_mem  # lazy: lit_sr.mem pulls in Lightning
+
+            self._mem = (load_mem(mem_weights),)
+        self.default_knob = self.parse_knob(default_knob, check_range=False)
+
+    @staticmethod
+    def requires(cfg) -> str | None:
+        node = cfg.noise
+        weights = node.get("mem_weights")
+        if weights and not Path(str(weights)).expanduser().is_file():
+            return f"noise.mem_weights: MEM file not found: {weights}"
+        if str(node.get("default_knob")).strip().lower() == "adaptive" and not weights:
+            return "noise.default_knob=adaptive needs noise.mem_weights (train a MEM with experiment=mem)"
+        return None
+
+    # ------------------------------------------------------------------ grouping
+    @property
+    def mem(self) -> MetricEstimator | None:
+        return self._mem[0] if self._mem else None
+
+    def set_mem(self, estimator: MetricEstimator | None) -> None:
+        """Use ``estimator`` for ``knob=adaptive`` (None: none)."""
+        if estimator is not None:
+            estimator.requires_grad_(False).eval()
+        self._mem = (estimator,) if estimator is not None else ()
+
+    def group_index(self, metric: torch.Tensor) -> torch.Tensor:
+        """(B,) long group per metric value: 0 = lowest similarity (largest t)."""
+        m = metric.detach().double()
+        if self.grouping == "formula":
+            g = torch.floor(self.n * (m - self.m_min) / (self.m_max - self.m_min) + _EDGE_TOL)
+            return g.clamp(0, self.n - 1).long()
+        edges = torch.tensor(self.edges, dtype=torch.float64, device=m.device)
+        return torch.bucketize(m + _EDGE_TOL, edges, right=True)  # count of edges ≤ m
+
+    def timestep_for(self, metric: torch.Tensor) -> torch.Tensor:
+        """(B,) long timesteps of the groups the metric values fall in."""
+        table = torch.tensor(self.group_t, dtype=torch.long, device=metric.device)
+        return table[self.group_index(metric).to(metric.device)]
+
+    def preset(self, name: str) -> int:
+        ordered = sorted(self.group_t)
+        return {"fidelity": ordered[0], "neutral": ordered[(len(ordered) - 1) // 2], "realism": ordered[-1]}[name]
+
+    # ------------------------------------------------------------------ knob
+    def parse_knob(self, knob: Any, check_range: bool = True) -> int | str:
+        if knob is None:
+            return self.default_knob
+        if isinstance(knob, str) and knob.strip().lower() in PRESETS:
+            return self.preset(knob.strip().lower())
+        if isinstance(knob, str) and knob.strip().lower() == "adaptive":
+            if check_range and self.mem is None:
+                raise ValueError("noise=ldg: knob 'adaptive' needs MEM weights (set noise.mem_weights=/path/mem.safetensors; "
+                                 "train one with experiment=mem)")
+            return "adaptive"
+        try:
+            return parse_timestep(knob, self.num_train_timesteps if check_range else 0, "noise=ldg")
+        except ValueError:
+            raise ValueError(f"noise=ldg: knob must be an integer timestep or one of {', '.join(PRESETS)}, adaptive; "
+                             f"got {knob!r}") from None
+
+    def knob_values(self) -> list:
+        return sorted(self.group_t)
+
+    def attach(self, alphas_cumprod: torch.Tensor) -> None:
+        super().attach(alphas_cumprod)
+        T = self.num_train_timesteps
+        for t in self.group_t:
+            if not 0 <= t < T:
+                raise ValueError(f"noise=ldg: group timestep {t} outside [0, {T}) (check noise.k/noise.n/noise.group_timesteps)")
+        if self.default_knob == "adaptive" and self.mem is None:
+            raise ValueError("noise.default_knob=adaptive needs noise.mem_weights")
+        if isinstance(self.default_knob, int) and not 0 <= self.default_knob < T:
+            raise ValueError(f"noise.default_knob={self.default_knob} outside [0, {T})")
+
+    # ------------------------------------------------------------------ pass
+    def estimate_metric(self, ctx: NoiseContext) -> torch.Tensor:
+        """MEM's estimate of M_L for the batch (no gradient)."""
+        mem = self.mem
+        if mem is None:
+            raise ValueError("noise=ldg: knob 'adaptive' needs MEM weights (set noise.mem_weights)")
+        mem.to(ctx.z_lq.device)
+        with torch.no_grad():
+            return mem(ctx.z_lq, ctx.lq_up)
+
+    def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
+        z = ctx.z_lq
+        if ctx.knob is None and ctx.training:
+            if ctx.z_hq is None:
+                raise ValueError("noise=ldg needs the HQ latent in training (pass hq to the generator step)")
+            metric = latent_cosine(z.detach(), ctx.z_hq.detach())
+            ctx.extras["latent_metric"] = metric
+            return self.timestep_for(metric)
+        knob = self.parse_knob(ctx.knob)
+        if knob == "adaptive":
+            metric = self.estimate_metric(ctx)
+            ctx.extras["latent_metric"] = metric
+            return self.timestep_for(metric)
+        return self.full_timesteps(knob, z)
+
+    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        aux = {"latent_metric": ctx.extras["latent_metric"]} if "latent_metric" in ctx.extras else {}
+        return ctx.z_lq, aux
+
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor, aux: dict) -> torch.Tensor:
+        if self.fixed_alpha_x0 is not None:
+            a = torch.full((t.shape[0],), float(self.fixed_alpha_x0), device=t.device)
+        else:
+            a = self.alpha_bar(t)
+        a = a.to(z_in.dtype)[:, None, None, None]
+        return (z_in - (1.0 - a).sqrt() * eps_hat) / a.sqrt()

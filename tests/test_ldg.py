@@ -1,0 +1,142 @@
+"""LDG (RCOD): groups from the latent cosine similarity, boundaries, presets, x0 conversion."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_sr.backbone import schedule_alphas_cumprod
+from lit_sr.errors import ConfigError
+from lit_sr.noise.base import NoiseContext
+from lit_sr.noise.ldg import LDGNoise, latent_cosine
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: extra intra-op threads only spin-wait on a shared machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ldg(**kwargs) -> LDGNoise:
+    noise = LDGNoise(**kwargs)
+    noise.attach(schedule_alphas_cumprod())
+    return noise
+
+
+def _pair_with_cosine(c: float, shape=(4, 16, 16), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_L, z_H) with cos(z_L, z_H) = c (up to rounding), built from two orthonormal directions."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(shape, generator=g, dtype=torch.float64).flatten()
+    v = torch.randn(shape, generator=g, dtype=torch.float64).flatten()
+    u = u / u.norm()
+    v = v - (v @ u) * u
+    v = v / v.norm()
+    z_l = (c * u + (1 - c * c) ** 0.5 * v) * 37.0  # cosine ignores scale
+    return z_l.view(1, *shape).float(), (u * 5.0).view(1, *shape).float()
+
+
+def _formula(m: float, n: int = 3, k: int = 250, lo: float = 0.3, hi: float = 0.9) -> int:
+    """Paper eq. 5 with the documented clamp of the group index to [0, n-1]."""
+    import math
+
+    g = math.floor(n * (m - lo) / (hi - lo) + 1e-9)
+    return k * (n - min(max(g, 0), n - 1))
+
+
+@pytest.mark.parametrize("c", [-0.2, 0.1, 0.35, 0.42, 0.55, 0.61, 0.68, 0.72, 0.8, 0.88, 0.95, 0.999])
+def test_synthetic_latents_land_in_the_formula_group(c):
+    ldg = _ldg()
+    z_l, z_h = _pair_with_cosine(c, seed=int(c * 1000) % 97)
+    assert latent_cosine(z_l, z_h).item() == pytest.approx(c, abs=1e-5)
+    ctx = NoiseContext(lq_up=torch.zeros(1, 3, 64, 64), z_lq=z_l, z_hq=z_h, training=True)
+    assert ldg.timesteps(ctx).item() == _formula(c)
+    assert ctx.extras["latent_metric"].item() == pytest.approx(c, abs=1e-5)
+
+
+def test_group_boundaries_formula():
+    ldg = _ldg()
+    # float32 inputs, as latents are: 0.7 is stored as 0.69999999; the edge tolerance keeps it in its group
+    m = torch.tensor([-1.0, 0.0, 0.29, 0.3, 0.4999, 0.5, 0.6999, 0.7, 0.8999, 0.9, 0.95, 1.0])
+    expected = [750, 750, 750, 750, 750, 500, 500, 250, 250, 250, 250, 250]
+    assert ldg.timestep_for(m).tolist() == expected
+    assert ldg.group_index(m).tolist() == [0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
+    # M_L == M_max would be t = 0 under the raw formula: clamped to the top group (t = k)
+    assert ldg.timestep_for(torch.tensor([0.9], dtype=torch.float64)).item() == 250
+
+
+def test_group_boundaries_reference_thresholds():
+    ldg = _ldg(grouping="thresholds")
+    m = torch.tensor([0.0, 0.4999, 0.5, 0.6999, 0.7, 1.0])
+    assert ldg.timestep_for(m).tolist() == [749, 749, 499, 499, 249, 249]
+    assert ldg.knob_values() == [249, 499, 749]
+    assert [ldg.parse_knob(p) for p in ("fidelity", "neutral", "realism")] == [249, 499, 749]
+
+
+def test_formula_with_other_n_k():
+    ldg = _ldg(n=4, k=200, m_min=0.2, m_max=1.0)
+    m = torch.tensor([0.1, 0.2, 0.39, 0.4, 0.6, 0.8, 1.0])
+    assert ldg.timestep_for(m).tolist() == [800, 800, 800, 600, 400, 200, 200]
+    assert ldg.knob_values() == [200, 400, 600, 800]
+
+
+def test_presets_and_knob_parsing():
+    ldg = _ldg()
+    assert [ldg.parse_knob(p) for p in ("fidelity", "neutral", "realism")] == [250, 500, 750]
+    assert ldg.parse_knob(" Realism ") == 750
+    assert ldg.parse_knob(None) == 500  # default_knob: neutral
+    assert ldg.parse_knob("321") == 321 and ldg.parse_knob(ldg.parse_knob("fidelity")) == 250
+    assert ldg.knob_values() == [250, 500, 750]
+    with pytest.raises(ValueError, match="mem_weights"):
+        ldg.parse_knob("adaptive")
+    for bad in ("sharp", "1000", -3, 1.5):
+        with pytest.raises(ValueError, match="ldg"):
+            ldg.parse_knob(bad)
+    ctx = NoiseContext(lq_up=torch.zeros(2, 3, 32, 32), z_lq=torch.zeros(2, 4, 8, 8), training=False, knob="fidelity")
+    assert ldg.timesteps(ctx).tolist() == [250, 250]
+
+
+def test_unet_sees_the_clean_latent_and_x0_conversion():
+    ldg = _ldg()
+    z = torch.randn(3, 4, 8, 8)
+    ctx = NoiseContext(lq_up=torch.zeros(3, 3, 32, 32), z_lq=z, training=False)
+    t = torch.tensor([250, 500, 750])
+    z_in, _ = ldg.unet_input(ctx, t)
+    assert z_in is z
+    eps = torch.randn_like(z)
+    a = ldg.alpha_bar(t)[:, None, None, None]
+    torch.testing.assert_close(ldg.to_x0(ctx, t, z_in, eps, {}), (z - (1 - a).sqrt() * eps) / a.sqrt())
+    # the reference code's fixed-ᾱ quirk: the same ᾱ for every t
+    quirk = _ldg(fixed_alpha_x0=0.7537)
+    x0 = quirk.to_x0(ctx, t, z_in, eps, {})
+    torch.testing.assert_close(x0, (z - 0.2463 ** 0.5 * eps) / 0.7537 ** 0.5)
+
+
+def test_generator_trains_at_the_group_of_its_own_latents(make_cfg, tiny_bb):
+    from lit_sr.build import build_generator
+
+    g = build_generator(make_cfg("noise=ldg"), tiny_bb).train()
+    torch.manual_seed(0)
+    hq = torch.rand(3, 3, 64, 64)
+    lq = torch.nn.functional.interpolate(hq, scale_factor=0.25, mode="area")
+    lq[2] = torch.rand(3, 16, 16)  # one badly "degraded" input: low similarity
+    with torch.no_grad():
+        out = g.step(lq, hq=hq)
+    metric = latent_cosine(out.z_lq, out.extras["z_hq"])
+    torch.testing.assert_close(out.extras["latent_metric"], metric)
+    assert out.t.tolist() == g.noise.timestep_for(metric).tolist()
+    with pytest.raises(ValueError, match="HQ latent"):
+        g.step(lq)  # training without the target cannot group
+
+
+def test_config_errors_are_one_line(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="default_knob=adaptive needs noise.mem_weights"):
+        make_cfg("noise=ldg", "noise.default_knob=adaptive")
+    with pytest.raises(ConfigError, match="MEM file not found") as exc:
+        make_cfg("noise=ldg", f"noise.mem_weights={tmp_path / 'nope.safetensors'}")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ValueError, match="grouping"):
+        LDGNoise(grouping="quantiles")
+    with pytest.raises(ValueError, match="group_timesteps"):
+        LDGNoise(grouping="thresholds", thresholds=[0.5], group_timesteps=[749, 499, 249])
