@@ -1,0 +1,473 @@
+"""Evaluate a trained model (or a folder of SR outputs) on a paired set: the paper-style table.
+
+    lit-sr-evaluate --model runs/x/adapter --lq-dir RealSR/LR --hq-dir RealSR/HR --knobs 100 200 300
+    lit-sr-evaluate --model ifcsr.ckpt --lq-dir LQ --hq-dir HQ --gammas 0 0.5 1 --out table.md
+    lit-sr-evaluate --sr-dir results/ours results/osediff --hq-dir HQ --metrics psnr ssim niqe
+
+One row per knob setting (or per SR folder), one column per metric with its direction arrow
+(PSNR↑ SSIM↑ LPIPS↓ DISTS↓ NIQE↓ MUSIQ↑ MANIQA↑ CLIPIQA↑). Metrics that cannot give calibrated
+numbers here (weights or backend missing, or no HQ for a full-reference one) are left out and
+named once in a note line. The table is printed as Markdown and written with ``--out`` (Markdown)
+and ``--csv``.
+
+The knob sweep (:class:`KnobSweep`) and the per-setting score sums (:class:`SweepScores`) are
+shared with the fidelity–realism curve callback (``callbacks/fr_curve.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lit_sr.blend import blend_many
+from lit_sr.errors import ConfigError, LitSRError
+from lit_sr.metrics.base import check_images
+from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite
+
+log = logging.getLogger("lit_sr.evaluate")
+
+# γ values swept for models with fidelity/realism endpoints when none are given.
+DEFAULT_GAMMAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+FULL_REFERENCE = frozenset({"psnr", "ssim", "lpips", "dists"})
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "niqe": "NIQE", "musiq": "MUSIQ",
+          "maniqa": "MANIQA", "clipiqa": "CLIPIQA"}
+# Decimal places in the Markdown table (papers print PSNR/MUSIQ with 2, the rest with 4).
+DECIMALS = {"psnr": 2, "musiq": 2}
+
+
+# ------------------------------------------------------------------------------ knob sweep
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One setting of the sweep: a parsed knob (None: the strategy's default) and an optional γ."""
+
+    knob: Any
+    gamma: float | None = None
+
+    @property
+    def knob_text(self) -> str:
+        return "default" if self.knob is None else str(self.knob)
+
+    @property
+    def label(self) -> str:
+        """ASCII name for metric keys and files: ``250``, ``g0.5``, ``250_g0.5``, ``default``."""
+        parts = [] if self.knob is None else [str(self.knob)]
+        if self.gamma is not None:
+            parts.append(f"g{self.gamma:g}")
+        return "_".join(parts) or "default"
+
+
+@dataclass
+class KnobSweep:
+    """The knob × γ grid of one generator; :meth:`run` makes every SR image of one LQ batch.
+
+    With γ values, the two endpoint images are computed once per knob and blended for every γ
+    (no further network calls); without, each knob costs one generator pass.
+    """
+
+    knobs: list[Any]
+    gammas: list[float] | None = None
+
+    @classmethod
+    def for_generator(cls, generator: Any, knobs: Sequence[Any] | str | None = None,
+                      gammas: Sequence[float] | None = None) -> KnobSweep:
+        """Parse ``knobs`` through the noise strategy (None or ``"sweep"``: its default sweep).
+
+        ``gammas=None`` sweeps :data:`DEFAULT_GAMMAS` on endpoint models and nothing otherwise.
+        Bad values raise :class:`ConfigError` with one line.
+        """
+        if knobs is None or knobs == "sweep":
+            raw = list(generator.noise.knob_values())
+        elif isinstance(knobs, str):
+            raise ConfigError(f"knobs must be a list of knob values or 'sweep', got {knobs!r}")
+        else:
+            raw = list(knobs)
+        if not raw:
+            raise ConfigError("the knob list is empty")
+        parsed: list[Any] = []
+        for value in raw:
+            try:
+                knob = generator.noise.parse_knob(value)
+            except ValueError as exc:
+                raise ConfigError(f"bad knob {value!r}: {str(exc).splitlines()[0]}") from None
+            if knob not in parsed:  # e.g. noise=uniform maps every knob to None
+                parsed.append(knob)
+        if gammas is not None and not generator.has_endpoints:
+            raise ConfigError("gammas need a model with fidelity/realism endpoints (model.endpoints)")
+        if gammas is None and generator.has_endpoints:
+            gammas = list(DEFAULT_GAMMAS)
+        if gammas is not None:
+            gammas = [float(g) for g in gammas]
+            bad = [g for g in gammas if not 0.0 <= g <= 1.0]
+            if bad or not gammas:
+                raise ConfigError(f"gammas must be a non-empty list of values in [0, 1], got {gammas}")
+        return cls(parsed, gammas)
+
+    @property
+    def points(self) -> list[SweepPoint]:
+        gammas: list[float | None] = list(self.gammas) if self.gammas is not None else [None]
+        return [SweepPoint(k, g) for k in self.knobs for g in gammas]
+
+    def run(self, generator: Any, lq: torch.Tensor) -> list[torch.Tensor]:
+        """SR images of ``lq`` for every point, in :attr:`points` order."""
+        outputs: list[torch.Tensor] = []
+        for knob in self.knobs:
+            if self.gammas is not None:
+                x_fid, x_real = generator.endpoints(lq, knob)
+                outputs.extend(blend_many(x_fid, x_real, self.gammas))
+            else:
+                outputs.append(generator(lq, knob))
+        return outputs
+
+
+class SweepScores:
+    """Per-point sums of per-image scores of every metric in a suite.
+
+    Points are scored image by image, so one suite (one copy of each metric network) serves
+    any number of sweep points. Sums and counts are plain tensors; under DDP pass a summing
+    reduction to :meth:`means` to get the mean over the images of all ranks.
+    """
+
+    def __init__(self, suite: MetricSuite, num_points: int) -> None:
+        self.suite = suite
+        self.names = suite.names
+        self.totals = torch.zeros(num_points, len(self.names), 2, dtype=torch.float64)
+
+    def add(self, index: int, sr: torch.Tensor, hq: torch.Tensor | None, name: str = "") -> None:
+        """Score one batch of SR images (``hq`` None: no-reference metrics only)."""
+        sr = sr.detach().float().clamp(0, 1)
+        hq = hq.detach().float().clamp(0, 1) if hq is not None else None
+        for j, metric_name in enumerate(self.names):
+            metric = self.suite.metrics[metric_name]
+            if metric.full_reference and hq is None:
+                continue
+            ref = hq if metric.full_reference else None
+            try:
+                check_images(sr, ref)
+                with torch.no_grad():
+                    scores = metric.per_image(sr, ref).detach().to("cpu", torch.float64)
+            except ValueError as exc:  # e.g. NIQE on an image smaller than two 96x96 patches
+                raise LitSRError(f"{metric.label} cannot score {name or 'an image'}: {str(exc).splitlines()[0]} "
+                                 f"(leave {metric.label} out or use larger images)") from None
+            self.totals[index, j, 0] += scores.sum()
+            self.totals[index, j, 1] += scores.numel()
+
+    def means(self, reduce: Any = None) -> list[dict[str, float]]:
+        """Mean of each metric per point; metrics that saw no image are left out.
+
+        ``reduce``: a function summing a tensor over processes (e.g. ``trainer.strategy.reduce``
+        with ``reduce_op="sum"``), or None on a single process.
+        """
+        totals = self.totals if reduce is None else reduce(self.totals).to("cpu", torch.float64)
+        rows = []
+        for i in range(totals.shape[0]):
+            row = {}
+            for j, name in enumerate(self.names):
+                total, count = float(totals[i, j, 0]), float(totals[i, j, 1])
+                if count > 0:
+                    row[name] = total / count
+            rows.append(row)
+        return rows
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """The same noise for every evaluation (strategies may draw noise at inference), without
+    disturbing the caller's RNG streams."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        yield
+
+
+# ------------------------------------------------------------------------------ table
+
+@dataclass
+class Table:
+    """Rows of metric means with the column titles and notes of one evaluation."""
+
+    title: str
+    key_columns: list[str]  # e.g. ["knob", "γ"] or ["SR folder"]
+    metrics: list[str]  # metric names with numbers, paper order
+    display: dict[str, str]  # name → "PSNR↑"
+    rows: list[tuple[list[str], dict[str, float]]]
+    unavailable: dict[str, str]  # name → reason
+
+    def note(self) -> str | None:
+        """One line naming every metric left out, with its reason."""
+        if not self.unavailable:
+            return None
+        names = [LABELS.get(n, n.upper()) for n in self.unavailable]
+        reasons = []
+        for name, reason in zip(names, self.unavailable.values()):
+            reasons.append(reason if reason.startswith(name) else f"{name}: {reason}")
+        return f"Not available: {', '.join(names)} ({'; '.join(reasons)})."
+
+    def markdown(self) -> str:
+        header = self.key_columns + [self.display[m] for m in self.metrics]
+        lines = [f"**{self.title}**", "", "| " + " | ".join(header) + " |",
+                 "|" + "|".join([":---"] * len(self.key_columns) + ["---:"] * len(self.metrics)) + "|"]
+        for keys, values in self.rows:
+            cells = [_fmt(values.get(m), DECIMALS.get(m, 4)) for m in self.metrics]
+            lines.append("| " + " | ".join(keys + cells) + " |")
+        note = self.note()
+        if note:
+            lines += ["", note]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.key_columns + [self.display[m] for m in self.metrics])
+        for keys, values in self.rows:
+            writer.writerow(keys + [repr(values[m]) if m in values else "" for m in self.metrics])
+        return buf.getvalue()
+
+
+def _fmt(value: float | None, decimals: int) -> str:
+    return "–" if value is None else f"{value:.{decimals}f}"
+
+
+# ------------------------------------------------------------------------------ data
+
+def _folder_items(root: Path) -> Iterator[dict]:
+    """Items ``{"lq": image, "name": stem}`` of every image under ``root`` (no HQ)."""
+    from datamodules.file_index import index_images
+    from datamodules.imageio import load_image
+
+    base = root.expanduser().resolve()
+    for path in index_images([root]):
+        rel = path.relative_to(base).with_suffix("").as_posix()
+        yield {"lq": load_image(path), "name": rel}
+
+
+def _paired(lq_root: Path, hq_root: Path, scale: int, layout: str, lq_pattern: str | None,
+            hq_pattern: str | None):
+    from datamodules.paired import PairedFolderDataset
+
+    try:
+        return PairedFolderDataset(lq_root, hq_root, scale, layout=layout, lq_pattern=lq_pattern, hq_pattern=hq_pattern)
+    except FileNotFoundError as exc:
+        raise LitSRError(f"folder not found: {exc.filename or exc}") from None
+    except ValueError as exc:
+        raise LitSRError(str(exc).splitlines()[0]) from None
+
+
+def _check_dir(path: str | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_dir():
+        raise LitSRError(f"{flag}: folder not found: {p}")
+    return p
+
+
+# ------------------------------------------------------------------------------ CLI
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lit-sr-evaluate", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="adapter export folder or Lightning checkpoint")
+    src.add_argument("--sr-dir", nargs="+", help="folder(s) of SR outputs, matched to --hq-dir by name (one row each)")
+    p.add_argument("--lq-dir", help="LQ images (--model mode)")
+    p.add_argument("--hq-dir", help="HQ images (without: no-reference metrics only)")
+    p.add_argument("--layout", choices=["same_name", "realsr", "drealsr"], default="same_name",
+                   help="how LQ (or SR) and HQ file names pair up (see datamodules/paired.py)")
+    p.add_argument("--lq-pattern", default=None, help="regex for LQ/SR file stems; group 'key' names the pair")
+    p.add_argument("--hq-pattern", default=None, help="regex for HQ file stems; group 'key' names the pair")
+    p.add_argument("--scale", type=int, default=None,
+                   help="SR factor (default: the model's; 4 with --sr-dir); default border crop of PSNR/SSIM")
+    p.add_argument("--knobs", nargs="+", default=None,
+                   help="knob values (t or presets) to evaluate (default: the noise strategy's sweep)")
+    p.add_argument("--gammas", type=float, nargs="+", default=None,
+                   help=f"blend weights for endpoint (IFCSR) models (default: {list(DEFAULT_GAMMAS)})")
+    p.add_argument("--metrics", nargs="+", default=list(METRIC_NAMES), metavar="NAME",
+                   help=f"metrics, from {', '.join(METRIC_NAMES)} (default: all)")
+    p.add_argument("--vgg-weights", default=None, help="torchvision VGG16 file (LPIPS, DISTS)")
+    p.add_argument("--lpips-weights", default=None, help="lpips v0.1 vgg.pth")
+    p.add_argument("--dists-weights", default=None, help="DISTS weights.pt")
+    p.add_argument("--pyiqa-weights-dir", default=None, help="local pyiqa checkpoints (MUSIQ, MANIQA, CLIPIQA)")
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="score LPIPS/DISTS with random weights when files are missing (uncalibrated; marked in the title)")
+    p.add_argument("--crop-border", type=int, default=None, help="PSNR/SSIM border crop (default: the scale)")
+    ych = p.add_mutually_exclusive_group()
+    ych.add_argument("--y-channel", dest="y_channel", action="store_true", default=True,
+                     help="PSNR/SSIM on the BT.601 Y channel (default)")
+    ych.add_argument("--rgb", dest="y_channel", action="store_false", help="PSNR/SSIM on RGB")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N pairs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise some strategies draw at inference")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--tile", type=int, default=None, help="latent tile size for large images")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. backbone.path=/models/sd-2-1-base")
+    p.add_argument("--out", default=None, help="write the Markdown table here")
+    p.add_argument("--csv", default=None, help="write the table as CSV here")
+    return p.parse_args(argv)
+
+
+def _suite(args: argparse.Namespace, scale: int, has_hq: bool, device: torch.device) -> tuple[MetricSuite, dict[str, str]]:
+    names = list(dict.fromkeys(args.metrics))
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise LitSRError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
+    skipped = {n: f"{LABELS[n]} needs HQ images (--hq-dir)" for n in names if n in FULL_REFERENCE and not has_hq}
+    suite = MetricSuite(
+        [n for n in names if n not in skipped], scale=scale, crop_border=args.crop_border, y_channel=args.y_channel,
+        vgg_weights=args.vgg_weights, lpips_weights=args.lpips_weights, dists_weights=args.dists_weights,
+        pyiqa_weights_dir=args.pyiqa_weights_dir, allow_random_weights=args.allow_random_weights,
+    ).to(device).eval()
+    unavailable = {**suite.unavailable, **skipped}
+    return suite, {n: unavailable[n] for n in names if n in unavailable}
+
+
+def _random_weight_metrics(args: argparse.Namespace, suite: MetricSuite) -> list[str]:
+    """Metrics that run on random weights because --allow-random-weights filled a missing file."""
+    if not args.allow_random_weights:
+        return []
+    needs = {"lpips": (args.vgg_weights, args.lpips_weights), "dists": (args.vgg_weights, args.dists_weights)}
+    return [n.upper() for n, files in needs.items() if n in suite.names and None in files]
+
+
+def _describe(suite: MetricSuite, args: argparse.Namespace, what: str, count: int) -> str:
+    crop = args.crop_border
+    protocol = "Y" if args.y_channel else "RGB"
+    title = f"lit_sr evaluation: {what}, {count} image{'s' if count != 1 else ''}"
+    if any(n in suite.names for n in ("psnr", "ssim")):
+        title += f" (PSNR/SSIM on {protocol}, border crop {crop})"
+    random = _random_weight_metrics(args, suite)
+    if random:
+        title += f" — UNCALIBRATED: {'/'.join(random)} with random weights"
+    return title
+
+
+def evaluate(args: argparse.Namespace) -> Table:
+    """Run the evaluation described by parsed CLI arguments; returns the table."""
+    device = torch.device(args.device)
+    hq_dir = _check_dir(args.hq_dir, "--hq-dir")
+    if args.max_images is not None and args.max_images < 1:
+        raise LitSRError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.sr_dir is not None:
+        if args.lq_dir or args.knobs or args.gammas or args.set:
+            raise LitSRError("--lq-dir, --knobs, --gammas and --set only apply with --model")
+        return _evaluate_folders(args, [_check_dir(d, "--sr-dir") for d in args.sr_dir], hq_dir, device)
+    lq_dir = _check_dir(args.lq_dir, "--lq-dir")
+    if lq_dir is None:
+        raise LitSRError("--model needs --lq-dir (and --hq-dir for full-reference metrics)")
+    return _evaluate_model(args, lq_dir, hq_dir, device)
+
+
+def _limit(items: Iterable[dict], n: int | None) -> Iterator[dict]:
+    for i, item in enumerate(items):
+        if n is not None and i >= n:
+            return
+        yield item
+
+
+def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None, device: torch.device) -> Table:
+    from lit_sr.loading import load_generator
+
+    overrides = list(args.set) + ([f"model.scale={args.scale}"] if args.scale is not None else [])
+    generator, _ = load_generator(args.model, overrides)
+    generator.tile_latent = args.tile if args.tile is not None else generator.tile_latent
+    generator.to(device).eval()
+    sweep = KnobSweep.for_generator(generator, args.knobs, args.gammas)
+    scale = generator.scale
+    args.crop_border = scale if args.crop_border is None else args.crop_border
+    suite, unavailable = _suite(args, scale, hq_dir is not None, device)
+    data = (_paired(lq_dir, hq_dir, scale, args.layout, args.lq_pattern, args.hq_pattern)
+            if hq_dir is not None else _folder_items(lq_dir))
+    points = sweep.points
+    scores = SweepScores(suite, len(points))
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    count = 0
+    with torch.no_grad(), seeded(args.seed, device):
+        for item in _limit(data, args.max_images):
+            lq = item["lq"][None].to(device)
+            hq = item["hq"][None].to(device) if "hq" in item else None
+            with autocast:
+                outputs = sweep.run(generator, lq)
+            for i, sr in enumerate(outputs):
+                scores.add(i, sr.float(), hq, item["name"])
+            count += 1
+            log.info("evaluated %s (%d)", item["name"], count)
+    if count == 0:
+        raise LitSRError(f"no images found under {lq_dir}")
+    means = scores.means()
+    key_columns = ["knob"] + (["γ"] if sweep.gammas is not None else [])
+    rows = [([p.knob_text] + ([f"{p.gamma:g}"] if p.gamma is not None else []), m) for p, m in zip(points, means)]
+    what = f"model {args.model} on {hq_dir or lq_dir}"
+    return _table(suite, args, what, count, key_columns, rows, unavailable)
+
+
+def _evaluate_folders(args: argparse.Namespace, sr_dirs: list[Path], hq_dir: Path | None, device: torch.device) -> Table:
+    from datamodules.paired import LAYOUTS
+
+    scale = args.scale or 4
+    args.crop_border = scale if args.crop_border is None else args.crop_border
+    suite, unavailable = _suite(args, scale, hq_dir is not None, device)
+    scores = SweepScores(suite, len(sr_dirs))
+    # SR files carry the LQ file's name: pair them with the layout's LQ pattern at SR size (scale 1).
+    sr_pattern = args.lq_pattern or LAYOUTS[args.layout][0].replace("{scale}", str(scale))
+    hq_pattern = args.hq_pattern or LAYOUTS[args.layout][1]
+    counts = []
+    with torch.no_grad():
+        for i, sr_dir in enumerate(sr_dirs):
+            data = (_paired(sr_dir, hq_dir, 1, "same_name", sr_pattern, hq_pattern)
+                    if hq_dir is not None else _folder_items(sr_dir))
+            n = 0
+            for item in _limit(data, args.max_images):
+                hq = item["hq"][None].to(device) if "hq" in item else None
+                scores.add(i, item["lq"][None].to(device), hq, item["name"])
+                n += 1
+            if n == 0:
+                raise LitSRError(f"no images found under {sr_dir}")
+            counts.append(n)
+    if len(set(counts)) > 1:  # rows over different image sets are not comparable: say so
+        log.warning("the SR folders have different numbers of matched images: %s", counts)
+    rows = [([str(d)], m) for d, m in zip(sr_dirs, scores.means())]
+    what = f"SR folders on {hq_dir}" if hq_dir is not None else "SR folders (no HQ)"
+    return _table(suite, args, what, min(counts), ["SR folder"], rows, unavailable)
+
+
+def _table(suite: MetricSuite, args: argparse.Namespace, what: str, count: int, key_columns: list[str],
+           rows: list, unavailable: dict[str, str]) -> Table:
+    names = [n for n in METRIC_NAMES if n in suite.names]  # the paper's column order
+    return Table(title=_describe(suite, args, what, count), key_columns=key_columns, metrics=names,
+                 display=suite.display_names, rows=rows, unavailable=unavailable)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = parse_args(argv)
+        table = evaluate(args)
+    except LitSRError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # bad values from components (knobs, sizes)
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    text = table.markdown()
+    print(text, end="")
+    for path, content in ((args.out, text), (args.csv, table.csv())):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(content, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
