@@ -17,6 +17,7 @@ from datamodules.degradation.base import Degradation
 from datamodules.file_index import index_images
 from datamodules.hr_folder import HRCropDataset, HRValDataset
 from datamodules.skimage_photos import cache_root, ensure_skimage_photos
+from datamodules.tmg_dataset import collate_mask_fields, wrap_with_masks
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class DegradeCollate:
             "hq": torch.stack([it["hq"] for it in items]),
             "skipped": torch.tensor([it.get("skipped", 0) for it in items]),
             "path": [it["path"] for it in items],
+            **collate_mask_fields(items),
         }
         if self.degradation is not None:
             lq, target, record = self.degradation(batch["hq"], self.generator())
@@ -83,6 +85,8 @@ class SRDataModule(L.LightningDataModule):
         epoch_size: int | None = None,
         seed: int = 0,
         size_multiple: int = 8,
+        mask_cache: str | None = None,
+        max_nouns: int = 8,
     ) -> None:
         super().__init__()
         if degrade_on not in ("worker", "device"):
@@ -98,6 +102,7 @@ class SRDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self._device_gen: torch.Generator | None = None
+        self.mask_cache, self.max_nouns = mask_cache, int(max_nouns)
 
     @property
     def scale(self) -> int:
@@ -123,6 +128,8 @@ class SRDataModule(L.LightningDataModule):
         cache = cache_root() / "index" if self.index_cache else None
         if stage in (None, "fit"):
             self.train_set = HRCropDataset(index_images(train_dirs, cache), self.crop_size, self.min_size, self.epoch_size)
+            if self.mask_cache:  # TMG: prompt, nouns and noun masks cut like each crop
+                self.train_set = wrap_with_masks(self.train_set, self.mask_cache, self.max_nouns)
         if stage in (None, "fit", "validate"):
             self.val_set = self._build_val(val_dirs, cache)
 

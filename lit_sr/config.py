@@ -205,6 +205,10 @@ def validate(cfg: DictConfig, top_level: set[str] | None = None) -> None:
                 raise ConfigError(f"unknown config key 'lora.{part}' (accepted: unet, vae)")
             for name, spec in (cfg.lora[part] or {}).items():
                 check_kwargs(LoRASpec, OmegaConf.to_container(spec), f"lora.{part}.{name}")
+    if cfg.get("stages") is not None:
+        from lit_sr.stages import check_stages
+
+        check_stages(cfg)
     check_combinations(cfg)
 
 

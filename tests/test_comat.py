@@ -1,0 +1,162 @@
+"""CoMat positive-area loss and cross-attention capture (TMG)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from omegaconf import OmegaConf
+
+from lit_sr import attention_capture as capture
+from lit_sr.backbone import byte_level_clip_tokenizer
+from lit_sr.build import build_generator
+from losses.comat import CoMatLoss, positive_area_loss, token_indices
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_level_clip_tokenizer()
+
+
+def test_multi_token_noun_maps_to_all_its_tokens(tok):
+    prompt = "an astronaut, a rocket, hotdog, astronaut"
+    idx = token_indices(tok, prompt, "astronaut")
+    ids = tok(prompt).input_ids
+    assert len(tok(["astronaut"], add_special_tokens=False).input_ids[0]) == 9  # split into 9 byte tokens
+    assert len(idx) == 18  # both occurrences, every token
+    first, second = idx[:9], idx[9:]
+    for run in (first, second):
+        assert run == list(range(run[0], run[0] + 9))
+        assert tok.decode([ids[i] for i in run]).strip() == "astronaut"
+    assert token_indices(tok, prompt, "dog") == []  # not the end of "hotdog"
+    assert token_indices(tok, prompt, "traffic light") == []
+    two_words = token_indices(tok, "a traffic light, car", "traffic light")
+    assert len(two_words) == len(tok("traffic light", add_special_tokens=False).input_ids)
+    long_prompt = "x " * 80 + "astronaut"  # beyond CLIP's 77 tokens: truncated away
+    assert token_indices(tok, long_prompt, "astronaut") == []
+
+
+def test_attention_inside_mask_costs_zero_outside_one():
+    h = w = 4
+    masks = torch.zeros(1, 2, 16, 16, dtype=torch.bool)
+    masks[0, 0, :, :8] = True  # left half
+    probs = torch.full((1, h * w, 6), 1e-12)
+    left = torch.tensor([x < 2 for _ in range(h) for x in range(w)])
+    probs[0, left, 1] = 1.0 / left.sum()  # token 1: everything inside the mask
+    probs[0, ~left, 2] = 1.0 / (~left).sum()  # token 2: everything outside
+    probs[0, :, 3] = 1.0 / (h * w)  # token 3: uniform, half inside
+    one = lambda t: positive_area_loss(probs, (h, w), masks, torch.tensor([0]), torch.tensor([0]), torch.tensor([t]))[0]
+    assert float(one(1)) == pytest.approx(0.0, abs=1e-6)
+    assert float(one(2)) == pytest.approx(1.0, abs=1e-6)
+    assert float(one(3)) == pytest.approx(0.25, abs=1e-6)
+    both = positive_area_loss(probs, (h, w), masks, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([1, 2]))[0]
+    assert float(both) == pytest.approx(0.5, abs=1e-6)  # mean over entity tokens
+
+
+def _batch(b: int = 2, crop: int = 32) -> dict:
+    masks = torch.zeros(b, 3, crop, crop, dtype=torch.bool)
+    masks[:, 0, :, : crop // 2] = True
+    masks[:, 1, crop // 2 :] = True
+    valid = torch.tensor([[True, True, False]] * b)
+    return {"prompt": ["astronaut, rocket, sky"] * b, "nouns": [["astronaut", "rocket"]] * b, "masks": masks,
+            "mask_valid": valid, "hq": torch.rand(b, 3, crop, crop)}
+
+
+def _processors(unet) -> dict:
+    return {n: m.processor for n, m in capture.cross_attention_layers(unet).items()}
+
+
+def test_capture_is_installed_only_with_the_loss_and_restored(make_cfg, tiny_bb):
+    g = build_generator(make_cfg("conditioning=text"), tiny_bb)
+    before = _processors(g.unet)
+    assert before and all(isinstance(p, AttnProcessor2_0) for p in before.values())
+    assert capture.installed_store(g.unet) is None  # no loss, nothing installed
+    loss = CoMatLoss()
+    with pytest.raises(RuntimeError, match="attach"):
+        loss(None, _batch())
+    loss.attach(g)
+    assert all(isinstance(p, capture.CaptureProcessor) for p in _processors(g.unet).values())
+    assert list(loss.parameters()) == [] and "_unet" not in dict(loss.named_modules())  # the UNet is not its state
+    loss.detach()
+    after = _processors(g.unet)
+    assert all(after[n] is before[n] for n in before) and capture.installed_store(g.unet) is None
+
+
+def test_capture_keeps_outputs_and_records_only_with_gradients(make_cfg, tiny_bb):
+    torch.manual_seed(0)
+    g = build_generator(make_cfg("conditioning=text"), tiny_bb).train()
+    lq, batch = torch.rand(2, 3, 8, 8), _batch()
+    with torch.no_grad():
+        ref = g.step(lq, batch=batch).sr
+    store = capture.install(g.unet, downsample=[2])  # tiny UNet: only the mid block is 2x below the latent
+    with torch.no_grad():
+        g.step(lq, batch=batch)
+    assert len(store.records) == 0  # validation-like passes are not captured
+    out = g.step(lq, batch=batch)
+    torch.testing.assert_close(out.sr.detach(), ref, rtol=1e-4, atol=1e-4)  # explicit softmax == SDPA
+    rec = store.take(out.extras["z_in"])
+    assert list(rec.layers) == ["mid_block.attentions.0.transformer_blocks.0.attn2"]
+    layer = rec.layers["mid_block.attentions.0.transformer_blocks.0.attn2"]
+    assert layer.size == (4, 4) and layer.probs.shape == (2, 16, 77)  # 32 px → 8² latent → 4² mid block
+    torch.testing.assert_close(layer.probs.sum(-1), torch.ones(2, 16))
+    capture.remove(g.unet)
+    with pytest.raises(ValueError, match="no cross-attention"):
+        capture.install(g.unet, layers=["no_such_block"])
+
+
+def test_comat_gradients_reach_cross_attention_lora_and_lower_the_loss(make_cfg, tiny_bb):
+    torch.manual_seed(0)
+    g = build_generator(make_cfg("conditioning=text"), tiny_bb).train()
+    loss = CoMatLoss(pixel_weight=0.5)
+    loss.attach(g)
+    lq, batch = torch.rand(2, 3, 8, 8), _batch()
+    out = g.step(lq, hq=batch["hq"], batch=batch)
+    value = loss(out, batch)
+    assert 0.0 < float(value.detach()) and loss.last["entities"] == 2 * (9 + 6)  # astronaut: 9 tokens, rocket: 6
+    value.backward()
+    qk = {n: p.grad for n, p in g.unet.named_parameters()
+          if "attn2" in n and ("to_q.lora_B" in n or "to_k.lora_B" in n)}
+    assert qk and all(gr is not None and gr.abs().sum() > 0 for gr in qk.values())
+    # Attention probabilities do not depend on the values: the last captured layer's V/out get nothing.
+    last = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
+    vo = [p.grad for n, p in g.unet.named_parameters() if n.startswith(last) and ("to_v.lora" in n or "to_out.0.lora" in n)]
+    assert vo and all(gr is None or gr.abs().sum() == 0 for gr in vo)
+    # Training on CoMat alone moves attention into the masks.
+    params = [p for p in g.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    first = float(value.detach())
+    for _ in range(2):
+        opt.zero_grad(set_to_none=True)
+        out = g.step(lq, hq=batch["hq"], batch=batch)
+        loss(out, batch).backward()
+        opt.step()
+    with torch.enable_grad():
+        out = g.step(lq, hq=batch["hq"], batch=batch)
+        final = float(loss(out, batch).detach())
+    assert final < first
+    loss.detach()
+
+
+def test_no_usable_noun_gives_zero_with_a_graph(make_cfg, tiny_bb):
+    g = build_generator(make_cfg("conditioning=text"), tiny_bb).train()
+    loss = CoMatLoss()
+    loss.attach(g)
+    batch = _batch()
+    batch["mask_valid"][:] = False
+    out = g.step(torch.rand(2, 3, 8, 8), batch=batch)
+    value = loss(out, batch)
+    assert float(value.detach()) == 0.0 and value.requires_grad
+    batch["masks"] = batch["masks"][..., :16, :16]
+    out = g.step(torch.rand(2, 3, 8, 8), batch=batch)
+    with pytest.raises(ValueError, match="crop geometry"):
+        loss(out, batch)
+    loss.detach()
+
+
+def test_requires_text_conditioning_and_a_mask_cache():
+    base = {"backbone": {"text_encoder": True}, "data": {"mask_cache": "/cache"}}
+    text = {"_target_": "lit_sr.conditioning.text.TextConditioner"}
+    empty = {"_target_": "lit_sr.conditioning.null.NullConditioner"}
+    assert CoMatLoss.requires(OmegaConf.create({**base, "conditioning": text})) is None
+    assert "conditioning=text" in CoMatLoss.requires(OmegaConf.create({**base, "conditioning": empty}))
+    no_cache = OmegaConf.create({"conditioning": text, "data": {"mask_cache": None}})
+    assert "data.mask_cache" in CoMatLoss.requires(no_cache)
