@@ -28,12 +28,42 @@ class DegradationRecord:
             out[key] = value.tolist() if isinstance(value, torch.Tensor) else value
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DegradationRecord":
+        """Inverse of :meth:`to_dict` (e.g. after ``json.load``): numeric lists become tensors again.
+
+        dtypes are inferred from the values: bools → bool, ints → int64, floats → float32 (the
+        dtype ``torch.rand`` samples in, so float32 values round-trip bit-exactly); lists of
+        strings stay lists.
+        """
+        params: dict[str, Any] = {}
+        for key, value in data.items():
+            if key != "batch_size":
+                params[key] = _list_to_tensor(value)
+        return cls(batch_size=int(data["batch_size"]), params=params)
+
     def select(self, index: int) -> "DegradationRecord":
         """The record of one sample (used to compare batched with per-sample application)."""
         picked: dict[str, Any] = {}
         for key, value in self.params.items():
             picked[key] = value[index : index + 1]
         return DegradationRecord(batch_size=1, params=picked)
+
+
+def _list_to_tensor(value: Any) -> Any:
+    """A (nested) list of bools/ints/floats as a tensor; anything else unchanged."""
+    if not isinstance(value, list):
+        return value
+    leaf: Any = value
+    while isinstance(leaf, list) and leaf:
+        leaf = leaf[0]
+    if isinstance(leaf, bool):
+        return torch.tensor(value, dtype=torch.bool)
+    if isinstance(leaf, int):
+        return torch.tensor(value, dtype=torch.int64)
+    if isinstance(leaf, float):
+        return torch.tensor(value, dtype=torch.float32)
+    return value
 
 
 class Degradation(abc.ABC):

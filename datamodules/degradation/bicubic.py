@@ -5,27 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.degradation.base import Degradation, DegradationRecord
-
-
-def gaussian_kernels(sigma: torch.Tensor, size: int) -> torch.Tensor:
-    """Isotropic normalised Gaussian kernels, one per sigma: (B,) → (B, size, size)."""
-    half = (size - 1) / 2.0
-    ax = torch.arange(size, dtype=torch.float32, device=sigma.device) - half
-    xx, yy = torch.meshgrid(ax, ax, indexing="xy")
-    r2 = (xx**2 + yy**2)[None]
-    k = torch.exp(-r2 / (2.0 * sigma.float().clamp_min(1e-6)[:, None, None] ** 2))
-    return k / k.sum(dim=(1, 2), keepdim=True)
-
-
-def filter_per_sample(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Convolve each sample of ``x`` (B, C, H, W) with its own kernel (B, k, k) in one grouped conv."""
-    b, c, h, w = x.shape
-    k = kernels.shape[-1]
-    pad = k // 2
-    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    weight = kernels.to(x.dtype)[:, None].repeat_interleave(c, dim=0)  # (B*C, 1, k, k)
-    out = F.conv2d(x.reshape(1, b * c, h + 2 * pad, w + 2 * pad), weight, groups=b * c)
-    return out.reshape(b, c, h, w)
+from datamodules.degradation.filters import filter_per_sample, gaussian_kernels
 
 
 class BicubicDegradation(Degradation):
