@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from callbacks.adapter_export import AdapterExport
 from callbacks.metrics_file import MetricsFile
 from callbacks.sample_images import SampleImages
-from lit_sr.build import build_datamodule, build_system, build_extra_callbacks
+from lit_sr.build import build_datamodule, build_extra_callbacks, build_mem_system, build_system
 from lit_sr.config import compose
 from lit_sr.errors import LitSRError
 
@@ -28,7 +28,7 @@ def run(overrides: list[str]) -> L.Trainer:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     run_dir = Path(cfg.run_dir)
     datamodule = build_datamodule(cfg)
-    system = build_system(cfg)
+    system = build_mem_system(cfg) if cfg.get("mem") else build_system(cfg)  # experiment=mem trains RCOD's MEM
     callbacks = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0 if cfg.val is None else 1,
                         monitor="val/psnr" if "psnr" in (cfg.val or {}).get("metrics", []) else None, mode="max"),

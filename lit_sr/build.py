@@ -39,15 +39,47 @@ def build_backbone(cfg: DictConfig) -> Backbone:
 
 
 def build_generator(cfg: DictConfig, backbone: Backbone | None = None) -> OneStepSR:
+    """The generator with every adapter the run will ever use, so checkpoints have stable keys.
+
+    Adapters added by later stages (``stages[i].add_adapters``) join ``lora.unet``; adapters that
+    loss terms keep on the generator's UNet (VSD's fake score, declared by the term class's
+    ``generator_adapters``) are added inactive and frozen, so an export of a VSD-trained run
+    loads into a generator built from the same config.
+    """
+    from lit_sr.stages import added_adapters, parse_stages
+
     backbone = backbone if backbone is not None else build_backbone(cfg)
-    return OneStepSR(
+    lora = _container(cfg.get("lora")) or {}
+    extra = added_adapters(parse_stages(cfg.get("stages")))
+    if extra:
+        lora = {**lora, "unet": {**(lora.get("unet") or {}), **extra}}
+    generator = OneStepSR(
         backbone,
         noise=build_component(cfg.noise, "noise"),
         conditioner=build_component(cfg.conditioning, "conditioning"),
-        lora=_container(cfg.get("lora")),
+        lora=lora,
         modulation=build_component(cfg.get("modulation"), "modulation"),
         **_container(cfg.get("model") or {}),
     )
+    _add_loss_term_adapters(cfg, generator)
+    return generator
+
+
+def _add_loss_term_adapters(cfg: DictConfig, generator: OneStepSR) -> None:
+    from lit_sr.config import resolve_target
+    from lit_sr.lora import adapter_names
+    from losses.vsd import add_inactive_adapter
+
+    terms = (cfg.get("loss") or {}).get("terms") or {}
+    for key, node in terms.items():
+        if node is None:
+            continue
+        declare = getattr(resolve_target(str(node._target_), f"loss.terms.{key}"), "generator_adapters", None)
+        if not callable(declare):
+            continue
+        for name, spec in declare(_container(node)).items():
+            if name not in adapter_names(generator.unet):
+                add_inactive_adapter(generator, name, spec)
 
 
 def build_losses(cfg: DictConfig) -> dict:
@@ -69,10 +101,14 @@ def build_val_metrics(cfg: DictConfig):
     )
 
 
-def build_system(cfg: DictConfig, generator: OneStepSR | None = None):
+def build_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Backbone | None = None):
+    """The training system; ``backbone`` (built here when neither it nor ``generator`` is given) is
+    handed to loss terms' ``attach`` (e.g. VSD embeds its negative prompt) and not kept."""
     from lit_sr.module import SRSystem
 
-    generator = generator if generator is not None else build_generator(cfg)
+    if generator is None:
+        backbone = backbone if backbone is not None else build_backbone(cfg)
+        generator = build_generator(cfg, backbone)
     optim = cfg.optim
     return SRSystem(
         generator,
@@ -84,7 +120,21 @@ def build_system(cfg: DictConfig, generator: OneStepSR | None = None):
         val_metrics=build_val_metrics(cfg),
         seed=int(cfg.seed),
         config=OmegaConf.to_container(cfg, resolve=True),
+        stages=cfg.get("stages"),
+        backbone=backbone,
     )
+
+
+def build_mem_system(cfg: DictConfig):
+    """RCOD's MEM trainer (``experiment=mem``): a frozen trained generator + a new estimator."""
+    from lit_sr.loading import load_generator
+    from lit_sr.mem import MEMSystem
+
+    node = cfg.mem
+    generator, _ = load_generator(str(node.generator_export), list(node.get("generator_overrides") or []))
+    estimator = build_component(node.estimator, "mem.estimator", latent_channels=int(generator.vae.config.latent_channels))
+    return MEMSystem(generator, estimator, lr=float(node.get("lr", 1e-3)), weight_decay=float(node.get("weight_decay", 0.0)),
+                     config=OmegaConf.to_container(cfg, resolve=True))
 
 
 def build_datamodule(cfg: DictConfig):

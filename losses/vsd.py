@@ -1,0 +1,258 @@
+"""Variational score distillation (VSD) as OSEDiff uses it, with RCOD's degradation-aware sampling.
+
+Both score networks are the generator's own UNet with adapters switched, so the frozen base
+weights exist once:
+
+* **real** score — every adapter disabled (the pretrained UNet), classifier-free guidance with
+  scale ``cfg_scale``: ``ε = ε_u + s·(ε_c − ε_u)``. The conditional embedding is what the generator
+  saw (``out.encoder_hidden_states``); the unconditional one embeds ``negative_prompt``;
+* **fake** score — only the ``vsd_fake`` LoRA active, trained by ε-prediction MSE on sg(ẑ).
+
+Generator loss (OSEDiff): t ~ U[t_min, t_max), z_t = √ᾱ·sg(ẑ) + √(1−ᾱ)·ε, x0 from both scores,
+w = mean_{C,H,W}|ẑ − x0_real|, loss = MSE(ẑ, sg(ẑ − (x0_fake − x0_real)/w)). Its gradient w.r.t. ẑ
+is ``mse_scale · 2/N · (x0_fake − x0_real)/w`` (N = ẑ.numel()); OSEDiff's code uses plain
+``F.mse_loss`` (``mse_scale = 1``), DMD2's uses 0.5.
+
+DAS (RCOD, eq. 7): with ``das.enabled`` the timestep range follows the generator's own timestep
+per sample, t_r ~ U[max(t_min, t−k), min(t_max, t+k)].
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_sr import lora as lora_lib
+from lit_sr.errors import ConfigError
+from lit_sr.output import SROutput
+from losses.base import LossTerm
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_fake_lora() -> dict:
+    """OSEDiff's fake-score LoRA: the generator's targets at rank 4."""
+    return {"rank": 4, "target_modules": list(lora_lib.OSEDIFF_UNET_TARGETS)}
+
+
+class VSDLoss(LossTerm):
+    """OSEDiff's VSD regulariser on ẑ; owns the fake score LoRA (``own_parameters``/``aux_loss``).
+
+    Args:
+        cfg_scale: classifier-free guidance scale of the real score (OSEDiff: 7.5).
+        negative_prompt: text of the unconditional branch (OSEDiff's README passes a long
+            negative prompt; its code default is ""). null: the conditioner's own negative prompt
+            when it has ``negative_embedding()`` (conditioning=text), else "". The embedding comes
+            from that conditioner method (prompts agreeing), else the backbone's text encoder at
+            attach, else the empty-prompt conditioner's cached embedding (prompts agreeing).
+        t_min, t_max: timestep range [t_min, t_max) of the real/fake scores (OSEDiff: 20, 980).
+        das: ``{enabled, k}`` — RCOD's degradation-aware sampling around the generator's t.
+        real_dtype: ``fp32`` or ``bf16``/``fp16`` — autocast precision of the real score pass.
+        mse_scale: factor on the MSE (1.0 as OSEDiff; 0.5 as DMD2).
+        fake_lora: LoRA spec of the fake score adapter (rank, alpha, target_modules).
+        adapter_name: name of the fake adapter on the generator's UNet.
+        lr, betas, weight_decay, grad_clip: the fake adapter's optimizer (OSEDiff: AdamW, 5e-5,
+            weight decay 1e-2, gradient norm clipped at 1).
+        aux_weight: weight of the fake score's ε-MSE (OSEDiff's ``lambda_vsd_lora``).
+    """
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        cfg_scale: float = 7.5,
+        negative_prompt: str | None = None,
+        t_min: int = 20,
+        t_max: int = 980,
+        das: dict | None = None,
+        real_dtype: str = "fp32",
+        mse_scale: float = 1.0,
+        fake_lora: dict | None = None,
+        adapter_name: str = "vsd_fake",
+        lr: float = 5e-5,
+        betas: tuple[float, float] | list[float] = (0.9, 0.999),
+        weight_decay: float = 1e-2,
+        grad_clip: float | None = 1.0,
+        aux_weight: float = 1.0,
+    ) -> None:
+        super().__init__(weight)
+        if not 0 <= t_min < t_max:
+            raise ValueError(f"need 0 <= t_min < t_max, got t_min={t_min}, t_max={t_max}")
+        if real_dtype not in _DTYPES:
+            raise ValueError(f"real_dtype must be one of {sorted(_DTYPES)}, got {real_dtype!r}")
+        das = dict(das or {})
+        unknown = set(das) - {"enabled", "k"}
+        if unknown:
+            raise ValueError(f"unknown das key {sorted(unknown)[0]!r} (accepted: enabled, k)")
+        self.das_enabled = bool(das.get("enabled", False))
+        self.das_k = int(das.get("k", 250))
+        if self.das_k < 0:
+            raise ValueError(f"das.k must be >= 0, got {self.das_k}")
+        self.cfg_scale = float(cfg_scale)
+        self.negative_prompt = None if negative_prompt is None else str(negative_prompt)
+        self.t_min, self.t_max = int(t_min), int(t_max)
+        self.real_dtype = real_dtype
+        self.mse_scale = float(mse_scale)
+        self.fake_spec = lora_lib.as_spec(fake_lora if fake_lora is not None else default_fake_lora())
+        self.adapter_name = str(adapter_name)
+        self.lr, self.betas, self.weight_decay = float(lr), tuple(float(b) for b in betas), float(weight_decay)
+        self.grad_clip = grad_clip
+        self.aux_weight = float(aux_weight)
+        self._generator: tuple = ()  # a reference, not a submodule: the UNet belongs to the generator
+        self.register_buffer("negative_embedding", torch.empty(0), persistent=False)
+
+    # ------------------------------------------------------------------ wiring
+    @classmethod
+    def generator_adapters(cls, node: dict) -> dict[str, lora_lib.LoRASpec]:
+        """Adapters this term adds to the generator's UNet (created at build time for stable keys)."""
+        spec = node.get("fake_lora")
+        return {str(node.get("adapter_name", "vsd_fake")): lora_lib.as_spec(spec if spec is not None else default_fake_lora())}
+
+    def attach(self, generator, backbone=None) -> None:
+        """Bind to the generator's UNet (adding the fake adapter if missing) and embed the negative prompt."""
+        self._generator = (generator,)
+        unet = generator.unet
+        if self.adapter_name not in lora_lib.adapter_names(unet):
+            add_inactive_adapter(generator, self.adapter_name, self.fake_spec)
+        for p in self.own_parameters():
+            p.requires_grad_(False)  # trained only inside the system's aux phase
+        self.negative_embedding = self._embed_negative(generator, backbone).detach().float()
+
+    @property
+    def generator(self):
+        if not self._generator:
+            raise RuntimeError("VSDLoss used before attach(generator)")
+        return self._generator[0]
+
+    def _embed_negative(self, generator, backbone) -> torch.Tensor:
+        """(1 or B, L, D) unconditional embedding; see the class docstring for the order tried."""
+        cond, prompt = generator.conditioner, self.negative_prompt
+        fn = getattr(cond, "negative_embedding", None)
+        if callable(fn) and (prompt is None or prompt == getattr(cond, "negative_prompt", prompt)):
+            return fn()
+        prompt = prompt or ""
+        if backbone is not None and getattr(backbone, "text_encoder", None) is not None and backbone.tokenizer is not None:
+            from lit_sr.conditioning.null import encode_prompts
+
+            return encode_prompts(backbone.text_encoder, backbone.tokenizer, [prompt])
+        # The empty-prompt conditioner caches exactly this embedding when the prompts agree.
+        if getattr(cond, "prompt", None) == prompt and getattr(cond, "embedding", torch.empty(0)).numel():
+            return cond.embedding
+        raise ConfigError("loss.terms.vsd: cannot embed negative_prompt: needs the backbone's text encoder "
+                          "(backbone.text_encoder=true) or a conditioner with negative_embedding()")
+
+    def own_parameters(self) -> list[nn.Parameter]:
+        if not self._generator:
+            return []
+        return list(lora_lib.adapter_parameters(self.generator.unet, self.adapter_name).values())
+
+    def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+
+    # ------------------------------------------------------------------ pieces
+    def sample_timesteps(self, t_gen: torch.Tensor | None, batch_size: int, device: torch.device,
+                         rng: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) long t_r: U[t_min, t_max) (OSEDiff), or DAS's window around the generator's t."""
+        u = torch.rand(batch_size, generator=rng, device=device, dtype=torch.float64)
+        if not self.das_enabled or t_gen is None:
+            return (self.t_min + (u * (self.t_max - self.t_min)).floor()).long().clamp_max(self.t_max - 1)
+        t = t_gen.to(device).long().reshape(-1).expand(batch_size) if t_gen.numel() == 1 else t_gen.to(device).long()
+        hi = (t + self.das_k).clamp(max=self.t_max)
+        lo = torch.minimum((t - self.das_k).clamp(min=self.t_min), hi)  # t far outside the range: its nearest end
+        return (lo + (u * (hi - lo + 1)).floor().long()).clamp(max=hi)
+
+    def _alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        return self.generator.noise.alpha_bar(t)[:, None, None, None]
+
+    def _unet(self, z: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
+        unet = self.generator.unet
+        return unet(z.to(unet.dtype), t, encoder_hidden_states=ehs.to(unet.dtype)).sample.float()
+
+    def real_eps(self, z_t: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
+        """CFG ε of the pretrained UNet (all adapters disabled)."""
+        b = z_t.shape[0]
+        neg = self.negative_embedding.to(z_t.device)
+        neg = neg.expand(b, -1, -1) if neg.shape[0] == 1 else neg
+        dtype = _DTYPES[self.real_dtype]
+        cast = torch.autocast(z_t.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with self._adapters([]), cast:
+            if neg.shape[1:] == ehs.shape[1:]:  # one batched call for both branches
+                eps_u, eps_c = self._unet(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, ehs])).chunk(2)
+            else:  # e.g. visual-token conditioning longer than the 77 text tokens
+                eps_u, eps_c = self._unet(z_t, t, neg), self._unet(z_t, t, ehs)
+        return eps_u + self.cfg_scale * (eps_c - eps_u)
+
+    def fake_eps(self, z_t: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
+        """ε of the fake score network (only the fake adapter active)."""
+        with self._adapters([self.adapter_name]):
+            return self._unet(z_t, t, ehs)
+
+    @contextmanager
+    def _adapters(self, names: list[str]):
+        """Switch the UNet's active adapters for one score pass; every requires_grad flag survives.
+
+        peft's ``disable_adapters`` (the real score: no adapter) also sets ``requires_grad=False``
+        on every LoRA weight, which would silently freeze the generator's adapters.
+        """
+        flags = [(p, p.requires_grad) for p in self.generator.unet.parameters()]
+        try:
+            with self.generator.adapters(names, None):
+                yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    @torch.no_grad()
+    def score_targets(self, z: torch.Tensor, ehs: torch.Tensor, t: torch.Tensor,
+                      noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0_real, x0_fake, w) for a detached latent ``z`` noised with ``noise`` at ``t``."""
+        z = z.detach().float()
+        a = self._alpha_bar(t)
+        z_t = a.sqrt() * z + (1 - a).sqrt() * noise
+        x0_real = (z_t - (1 - a).sqrt() * self.real_eps(z_t, t, ehs)) / a.sqrt()
+        x0_fake = (z_t - (1 - a).sqrt() * self.fake_eps(z_t, t, ehs)) / a.sqrt()
+        # OSEDiff divides without an epsilon; the floor only guards an exactly-zero residual.
+        w = (z - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        return x0_real, x0_fake, w
+
+    # ------------------------------------------------------------------ losses
+    def forward(self, out: SROutput, batch: dict) -> torch.Tensor:
+        z = out.z_hat
+        rng = batch.get("rng")
+        t = self.sample_timesteps(out.t, z.shape[0], z.device, rng)
+        noise = torch.randn(z.shape, generator=rng, device=z.device, dtype=torch.float32)
+        ehs = out.encoder_hidden_states.detach()
+        x0_real, x0_fake, w = self.score_targets(z, ehs, t, noise)
+        target = z.detach().float() - (x0_fake - x0_real) / w
+        return self.mse_scale * F.mse_loss(z.float(), target)
+
+    def aux_loss(self, out: SROutput, batch: dict, system=None) -> torch.Tensor:
+        """The fake score's ε-MSE on sg(ẑ) noised at t ~ U[0, T) (OSEDiff's ``diff_loss``)."""
+        z = out.z_hat.detach().float()
+        rng = batch.get("rng")
+        n_t = self.generator.noise.num_train_timesteps
+        t = torch.randint(0, n_t, (z.shape[0],), generator=rng, device=z.device)
+        noise = torch.randn(z.shape, generator=rng, device=z.device, dtype=torch.float32)
+        a = self._alpha_bar(t)
+        z_t = a.sqrt() * z + (1 - a).sqrt() * noise
+        eps = self.fake_eps(z_t, t, out.encoder_hidden_states.detach())
+        return self.aux_weight * F.mse_loss(eps, noise)
+
+    def extra_repr(self) -> str:
+        return (f"cfg_scale={self.cfg_scale}, t=[{self.t_min}, {self.t_max}), das={self.das_enabled} (k={self.das_k}), "
+                f"adapter={self.adapter_name!r}, rank={self.fake_spec.rank}, real_dtype={self.real_dtype}")
+
+
+def add_inactive_adapter(generator, name: str, spec: lora_lib.LoRASpec) -> None:
+    """Add a UNet adapter without changing which adapters are active or trainable.
+
+    diffusers' ``add_adapter`` activates the new adapter alone and peft flips ``requires_grad``;
+    both are restored here, and the new adapter starts frozen.
+    """
+    unet = generator.unet
+    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+    lora_lib.add_adapter(unet, name, spec)
+    generator.use_adapters(generator.active_unet, getattr(generator, "active_vae", None))
+    for n, p in unet.named_parameters():
+        p.requires_grad_(flags.get(n, False))
