@@ -12,7 +12,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LIT_SR_CACHE", str(ROOT / ".cache" / "lit_sr"))
 sys.path.insert(0, str(ROOT))  # train.py lives at the top level
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny tensors: extra intra-op threads mostly spin-wait (measured 10-50x slower steps on a busy
+# 2-core machine); training subprocesses set their own thread count.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -13,12 +13,6 @@ from lit_sr.conditioning.vpim import CLIP_MEAN, CLIP_STD, VPIMConditioner
 from lit_sr.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------ VPIM

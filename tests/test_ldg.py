@@ -10,13 +10,6 @@ from lit_sr.noise.base import NoiseContext
 from lit_sr.noise.ldg import LDGNoise, latent_cosine
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra intra-op threads only spin-wait on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _ldg(**kwargs) -> LDGNoise:

@@ -8,13 +8,6 @@ from lit_sr.build import build_generator
 from lit_sr.modulation import LQFM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra intra-op threads only spin-wait on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _randomise_last_layers(mod: LQFM, seed: int = 0) -> None:

@@ -13,12 +13,6 @@ from lit_sr.noise.base import NoiseContext
 from lit_sr.noise.ldg import LDGNoise, latent_cosine
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _synthetic(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

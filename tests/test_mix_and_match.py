@@ -15,13 +15,6 @@ CONDITIONERS = ["empty", "text", "vpim"]
 MODULATIONS = [None, "lqfm"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: extra intra-op threads only spin-wait on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("noise, cond, mod", list(itertools.product(NOISES, CONDITIONERS, MODULATIONS)))

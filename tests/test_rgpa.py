@@ -10,14 +10,6 @@ from lit_sr.noise.base import NoiseContext
 from lit_sr.noise.rgpa import RGPANoise, gradient_weight, patch_weight
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared, loaded machine the idle
-    # threads' spin-waiting makes each op many times slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,28 @@ def _drop_net_keys(module: nn.Module, state_dict: dict, prefix: str, local_metad
 def _keep_own_net(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
     for key, value in module.net.state_dict().items():
         state_dict[prefix + "net." + key] = value
+
+
+class FullReferenceMetric(PerImageMetric):
+    """A per-image metric comparing SR with HQ after the SR literature's protocol:
+    optional BT.601 Y conversion and a border crop (BasicSR's ``crop_border``)."""
+
+    full_reference = True
+
+    def __init__(self, crop_border: int = 4, y_channel: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if crop_border < 0:
+            raise ValueError(f"crop_border must be >= 0, got {crop_border}")
+        self.crop_border = int(crop_border)
+        self.y_channel = bool(y_channel)
+
+    def prepare(self, sr: torch.Tensor, hq: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """float64, Y or RGB, border-cropped pair."""
+        from lit_sr.metrics.color import crop_border, rgb_to_y
+
+        if hq is None:
+            raise ValueError(f"{self.name} is a full-reference metric and needs the HQ image")
+        sr, hq = sr.to(torch.float64), hq.to(torch.float64)
+        if self.y_channel:
+            sr, hq = rgb_to_y(sr), rgb_to_y(hq)
+        return crop_border(sr, self.crop_border), crop_border(hq, self.crop_border)

@@ -1,16 +1,14 @@
 """SSIM, per image then averaged, on the Y channel or RGB, after a border crop (BasicSR's protocol)."""
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from lit_sr.metrics.base import PerImageMetric
-from lit_sr.metrics.color import crop_border, rgb_to_y
+from lit_sr.metrics.base import FullReferenceMetric
 
 
-class SSIM(PerImageMetric):
+class SSIM(FullReferenceMetric):
     """Structural similarity of Wang et al. (2004) as the SR literature computes it.
 
     11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, population
@@ -25,22 +23,10 @@ class SSIM(PerImageMetric):
 
     name = "ssim"
     label = "SSIM"
-    full_reference = True
     higher_is_better = True
 
-    def __init__(self, crop_border: int = 4, y_channel: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if crop_border < 0:
-            raise ValueError(f"crop_border must be >= 0, got {crop_border}")
-        self.crop_border = int(crop_border)
-        self.y_channel = bool(y_channel)
-
     def per_image(self, sr: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:
-        assert hq is not None
-        sr, hq = sr.to(torch.float64), hq.to(torch.float64)
-        if self.y_channel:
-            sr, hq = rgb_to_y(sr), rgb_to_y(hq)
-        sr, hq = crop_border(sr, self.crop_border), crop_border(hq, self.crop_border)
+        sr, hq = self.prepare(sr, hq)
         if min(sr.shape[-2:]) < 11:
             raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got {tuple(sr.shape[-2:])}")
         return ssim_per_image(sr, hq)
