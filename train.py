@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import OmegaConf
@@ -25,6 +26,8 @@ from lit_sr.errors import LitSRError
 
 def run(overrides: list[str]) -> L.Trainer:
     cfg = compose(overrides)  # every config problem fails here, before anything is built
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     run_dir = Path(cfg.run_dir)
     datamodule = build_datamodule(cfg)

@@ -169,7 +169,7 @@ def _plain(node: DictConfig, k: str) -> Any:
     return value
 
 
-TOP_LEVEL = {"backbone", "noise", "conditioning", "lora", "loss", "data", "degradation", "trainer", "seed",
+TOP_LEVEL = {"cpu_threads", "backbone", "noise", "conditioning", "lora", "loss", "data", "degradation", "trainer", "seed",
              "run_dir", "ckpt_path", "model", "modulation", "optim", "val", "export", "stages", "callbacks", "mem",
              "experiment_name", "inference"}
 
