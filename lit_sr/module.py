@@ -184,9 +184,9 @@ class SRSystem(L.LightningModule):
         if self._gen_optimizer is not None:
             for unit, gi in self._group_of.items():
                 self._gen_optimizer.param_groups[gi]["lr"] = (stage.lr or self.lr) if unit in train else 0.0
-        self._active_terms = {n: float(t.weight if stage.losses is None or stage.losses.get(n) is None
-                                       else stage.losses[n])
-                              for n, t in self.losses.items() if stage.losses is None or n in stage.losses}
+        weights = {n: float(t.weight if stage.losses is None or stage.losses.get(n) is None else stage.losses[n])
+                   for n, t in self.losses.items() if stage.losses is None or n in stage.losses}
+        self._active_terms = {n: w for n, w in weights.items() if w != 0.0}  # weight 0: off in this stage
         if self._stage_idx is not None and index != self._stage_idx:
             log.info("stage %d/%d '%s' starts at step %d: training %s", index + 1, len(self.schedule), stage.name,
                      self._global_step(), ", ".join(sorted(train)))

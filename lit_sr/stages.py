@@ -11,7 +11,8 @@ stage trains every adapter and module with every loss term. Each stage names
 * ``active_adapters`` — the UNet adapters active in the forward (default: train ∪ freeze);
 * ``add_adapters`` — new LoRA adapters (name → LoRA spec) first trained in this stage. They are
   created when the generator is built, not at stage start, so checkpoints have stable keys;
-* ``losses`` — ``{term: weight}`` (null weight: the term's configured one; omitted: all terms);
+* ``losses`` — ``{term: weight}`` (null weight: the term's configured one; 0: off in this stage,
+  its own network not updated either; omitted: all terms);
 * ``lr`` — learning rate of this stage (default: ``optim.lr``);
 * ``blend`` — ``{gamma: uniform}`` (IFCSR stage 2): the output losses see is
   ``(1−γ)·x_fid + γ·x_real`` with the fidelity endpoint computed under no_grad.
@@ -118,6 +119,8 @@ def parse_stages(node: Any) -> list[Stage]:
                 if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))):
                     raise ConfigError(f"bad value for '{key}.losses.{term}': {w!r} is not a number")
             losses = {str(k): (None if v is None else float(v)) for k, v in losses.items()}
+            if all(v == 0.0 for v in losses.values()):
+                raise ConfigError(f"'{key}.losses': every weight is 0, nothing would train")
         lr = raw.get("lr")
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             raise ConfigError(f"bad value for '{key}.lr': {lr!r} (must be > 0)")

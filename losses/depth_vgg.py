@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torch import nn
 
 from lit_sr.vgg import NUM_LAYERS, VGG16_LAYERS, VGG16Features, load_vgg16_weights
 from losses.base import ImageLoss

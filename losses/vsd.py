@@ -190,18 +190,46 @@ class VSDLoss(LossTerm):
 
     @contextmanager
     def _adapters(self, names: list[str]):
-        """Switch the UNet's active adapters for one score pass; every requires_grad flag survives.
+        """Switch the UNet's active adapters for one score pass; requires_grad flags are untouched.
 
-        peft's ``disable_adapters`` (the real score: no adapter) also sets ``requires_grad=False``
-        on every LoRA weight, which would silently freeze the generator's adapters.
+        peft's switching (``set_adapter``/``disable_adapters``) walks every module and rewrites
+        ``requires_grad`` (disabling freezes every LoRA weight, which would silently freeze the
+        generator's adapters) and costs tens of ms per switch. The score passes only need each
+        tuner layer's active set and disabled flag, so those two are swapped directly and restored
+        exactly; without such layers (another peft) the generator's own switch is used.
         """
-        flags = [(p, p.requires_grad) for p in self.generator.unet.parameters()]
+        layers = self._tuner_layers()
+        if layers is None:
+            flags = [(p, p.requires_grad) for p in self.generator.unet.parameters()]
+            try:
+                with self.generator.adapters(names, None):
+                    yield
+            finally:
+                for p, flag in flags:
+                    p.requires_grad_(flag)
+            return
+        saved = [(layer, layer._active_adapter, layer._disable_adapters) for layer in layers]
         try:
-            with self.generator.adapters(names, None):
-                yield
+            for layer in layers:
+                layer._disable_adapters = not names
+                if names:
+                    layer._active_adapter = list(names)
+            yield
         finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+            for layer, active, disabled in saved:
+                layer._active_adapter, layer._disable_adapters = active, disabled
+
+    def _tuner_layers(self) -> list | None:
+        unet = self.generator.unet
+        cached = self.__dict__.get("_layers")
+        if cached is None or cached[0] is not unet:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+            ok = layers and all(hasattr(m, "_active_adapter") and hasattr(m, "_disable_adapters") for m in layers)
+            cached = (unet, layers if ok else None)
+            self.__dict__["_layers"] = cached
+        return cached[1]
 
     @torch.no_grad()
     def score_targets(self, z: torch.Tensor, ehs: torch.Tensor, t: torch.Tensor,
