@@ -82,14 +82,15 @@ def activate(module: nn.Module, names: list[str] | str | None) -> None:
     """Make exactly ``names`` active (None: disable all adapters) without touching requires_grad."""
     if not adapter_names(module):
         return
+    # peft's enable/disable/set_adapter all rewrite requires_grad; trainability is ours to keep.
+    flags = {n: p.requires_grad for n, p in module.named_parameters()}
     if names is None or names == []:
         module.disable_adapters()
-        return
-    names = [names] if isinstance(names, str) else list(names)
-    flags = {n: p.requires_grad for n, p in module.named_parameters()}
-    module.enable_adapters()
-    module.set_adapter(names if len(names) > 1 else names[0])
-    for n, p in module.named_parameters():  # undo peft's requires_grad side effect
+    else:
+        names = [names] if isinstance(names, str) else list(names)
+        module.enable_adapters()
+        module.set_adapter(names if len(names) > 1 else names[0])
+    for n, p in module.named_parameters():
         p.requires_grad_(flags[n])
 
 

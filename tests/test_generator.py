@@ -87,3 +87,12 @@ def test_tiled_unet_matches_untiled_and_bounds_tile_size(make_cfg, tiny_bb):
     err = (tiled - full).abs().mean(dim=(0, 1))
     border_cols = err[:, 60:68].mean()
     assert border_cols < 3 * err.mean() + 1e-3
+
+
+def test_switching_adapters_keeps_trainability(make_cfg, tiny_bb):
+    g = build_generator(make_cfg(), tiny_bb)
+    before = {n for n, p in g.named_parameters() if p.requires_grad}
+    with g.adapters([], []):  # e.g. VSD's real score or the frozen HQ encoding
+        pass
+    after = {n for n, p in g.named_parameters() if p.requires_grad}
+    assert before and before == after

@@ -80,6 +80,7 @@ def test_stage_two_trains_only_the_new_cross_attention_lora(make_cfg, tiny_bb, t
     assert [g["lr"] for g in trainer.optimizers[0].param_groups] == [0.0, 0.0, system.lr]
 
 
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before the epoch ended")
 def test_resume_mid_stage_two_continues_stage_two(make_cfg, tiny_bb, _tiny_backbone_template, tmp_path):
     cfg = _cfg(make_cfg)
     first = build_system(cfg, backbone=tiny_bb)
