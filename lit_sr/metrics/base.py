@@ -134,3 +134,10 @@ class FullReferenceMetric(PerImageMetric):
         if self.y_channel:
             sr, hq = rgb_to_y(sr), rgb_to_y(hq)
         return crop_border(sr, self.crop_border), crop_border(hq, self.crop_border)
+
+
+def require_weights(label: str, allow_random: bool, **paths: str | None) -> None:
+    """Raise :class:`MetricUnavailable` naming the missing weight files unless random weights are allowed."""
+    missing = [name for name, value in paths.items() if value is None]
+    if missing and not allow_random:
+        raise MetricUnavailable(f"{label} needs {' and '.join(missing)} (see docs/metrics.md)")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lit_sr.errors import WeightsError
-from lit_sr.metrics.base import FrozenNetMetric, MetricUnavailable, warn_once
+from lit_sr.metrics.base import FrozenNetMetric, require_weights, warn_once
 from lit_sr.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights
 
 DISTS_CHANNELS: tuple[int, ...] = (3, 64, 128, 256, 512, 512)
@@ -121,10 +121,7 @@ class DISTSMetric(FrozenNetMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not allow_random and (vgg_weights is None or dists_weights is None):
-            given = {"vgg_weights": vgg_weights, "dists_weights": dists_weights}
-            missing = " and ".join(n for n, v in given.items() if v is None)
-            raise MetricUnavailable(f"DISTS needs {missing} (see docs/metrics.md)")
+        require_weights("DISTS", allow_random, vgg_weights=vgg_weights, dists_weights=dists_weights)
         self.net = DISTS(vgg_weights=vgg_weights, dists_weights=dists_weights)
 
     def per_image(self, sr: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from lit_sr.metrics.base import FrozenNetMetric, MetricUnavailable
+from lit_sr.metrics.base import FrozenNetMetric, require_weights
 from losses.lpips import LPIPS
 
 
@@ -29,10 +29,7 @@ class LPIPSMetric(FrozenNetMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not allow_random and (vgg_weights is None or lpips_weights is None):
-            given = {"vgg_weights": vgg_weights, "lpips_weights": lpips_weights}
-            missing = " and ".join(n for n, v in given.items() if v is None)
-            raise MetricUnavailable(f"LPIPS needs {missing} (see docs/metrics.md)")
+        require_weights("LPIPS", allow_random, vgg_weights=vgg_weights, lpips_weights=lpips_weights)
         self.net = LPIPS(vgg_weights=vgg_weights, lpips_weights=lpips_weights)
 
     def per_image(self, sr: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:
