@@ -19,6 +19,7 @@ from datamodules.degradation.filters import (
     anisotropic_gaussian_kernels,
     filter_per_sample,
     generalized_gaussian_kernels,
+    kernel_radii,
     opencv_gaussian_1d,
     plateau_kernels,
     reflect_pad,
@@ -200,6 +201,22 @@ def test_filtering_a_padded_canvas_equals_filtering_each_sample_alone() -> None:
     for i, (h, w) in enumerate(sizes):
         alone = filter_per_sample(canvas[i : i + 1, :, :h, :w].contiguous(), kernels[i : i + 1])
         assert torch.equal(out[i : i + 1, :, :h, :w], alone), i
+
+
+def test_kernels_are_applied_at_their_own_support() -> None:
+    """Zero-padded kernels of mixed sizes give the same result as each kernel at its own size."""
+    torch.manual_seed(1)
+    sizes = torch.tensor([7, 21, 13, 7, 1])
+    kernels = anisotropic_gaussian_kernels(torch.full((5,), 2.0), torch.full((5,), 1.0), torch.rand(5), 21, sizes)
+    assert kernel_radii(kernels) == [3, 10, 6, 3, 0]
+    x = torch.rand(5, 3, 30, 26)
+    out = filter_per_sample(x, kernels)
+    assert torch.equal(out[4], x[4])  # size 1 is the identity and is copied, not convolved
+    for i, k in enumerate(sizes.tolist()):
+        c = 10 - k // 2
+        own = kernels[i : i + 1, c : c + k, c : c + k]
+        ref = F.conv2d(F.pad(x[i : i + 1], (k // 2,) * 4, mode="reflect"), own[:, None].expand(3, 1, k, k).contiguous(), groups=3)
+        torch.testing.assert_close(out[i : i + 1], ref, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ Every kernel family of the Real-ESRGAN degradation model is computed here for a 
 once from per-sample parameters (so a record stores a handful of numbers, not 21×21 arrays):
 isotropic/anisotropic Gaussian, generalized Gaussian, plateau and the circular 2-D sinc.
 Kernels are built in float64 and returned as float32 so the same parameters always give the
-same bits. Filtering convolves every sample with its own kernel in one grouped convolution, also
-when the samples have different sizes inside a padded canvas (see :func:`filter_per_sample`).
+same bits. Filtering convolves every sample with its own kernel in grouped convolutions (one per
+kernel support), also when the samples have different sizes inside a padded canvas (see
+:func:`filter_per_sample`).
 """
 from __future__ import annotations
 
@@ -72,38 +73,85 @@ def _reflect_pad_ragged(x: torch.Tensor, sizes: Sequence[tuple[int, int]], pad: 
 # --------------------------------------------------------------------------------------------
 
 
+def kernel_radii(kernels: torch.Tensor) -> list[int]:
+    """Per kernel (B, k, k), the radius of the smallest centred square holding all its non-zero taps.
+
+    A Real-ESRGAN kernel of size 7 sits zero-padded inside the batch's 21×21 array; filtering it
+    at its own size gives the same values for a ninth of the multiply-adds. An identity (pulse)
+    kernel has radius 0.
+    """
+    k = kernels.shape[-1]
+    centre = k // 2
+    offset = (torch.arange(k, device=kernels.device) - centre).abs()
+    reach = torch.maximum(offset[:, None], offset[None, :])  # (k, k) Chebyshev distance to the centre
+    nonzero = kernels != 0
+    far = torch.where(nonzero, reach, torch.zeros_like(reach)).flatten(1).amax(dim=1)
+    return [int(r) for r in far.tolist()]
+
+
 def filter_per_sample(
     x: torch.Tensor, kernels: torch.Tensor, sizes: Sequence[tuple[int, int]] | None = None
 ) -> torch.Tensor:
-    """Convolve each sample of ``x`` (B, C, H, W) with its own kernel (B, k, k) in one grouped conv.
+    """Convolve each sample of ``x`` (B, C, H, W) with its own kernel (B, k, k) in grouped convolutions.
 
-    Borders are reflect-padded (as BasicSR's ``filter2D``). With ``sizes`` the batch is a padded
-    canvas whose sample ``i`` occupies ``[:h_i, :w_i]``: each sample is padded around its own
-    region, so the valid region of the output equals filtering that sample alone; values outside
-    it are unspecified. Samples of similar size are convolved together in one grouped conv over
-    their own smaller canvas (:func:`size_buckets`), so a few large samples do not make every
-    sample pay for the largest canvas. All kernels here are point-symmetric, so correlation
-    equals convolution.
+    Borders are reflect-padded (as BasicSR's ``filter2D``). Samples are grouped by the support of
+    their kernel (:func:`kernel_radii`): each group runs one grouped convolution with its kernels
+    cropped to that support, and identity kernels are a copy. With ``sizes`` the batch is a
+    padded canvas whose sample ``i`` occupies ``[:h_i, :w_i]``: each sample is padded around its
+    own region, so the valid region of the output equals filtering that sample alone; values
+    outside it are unspecified. Samples of similar size share one smaller canvas
+    (:func:`size_buckets`), so a few large samples do not make every sample pay for the largest
+    canvas. A sample's result never depends on the other samples in the batch. All kernels here
+    are point-symmetric, so correlation equals convolution.
     """
     b, c, h, w = x.shape
     k = kernels.shape[-1]
-    if k % 2 == 0 or kernels.shape[-2] != k:
-        raise ValueError(f"kernels must be square with an odd size, got {tuple(kernels.shape[-2:])}")
-    pad = k // 2
-    weight = kernels.to(device=x.device, dtype=x.dtype)[:, None].repeat_interleave(c, dim=0)  # (B*C, 1, k, k)
-    if sizes is None or all(tuple(s) == (h, w) for s in sizes):
-        xp = reflect_pad(x, pad).reshape(1, b * c, h + 2 * pad, w + 2 * pad)
-        return F.conv2d(xp, weight, groups=b * c).reshape(b, c, h, w)
-    out = torch.empty_like(x)  # outside each sample's region stays unspecified
-    for bucket in size_buckets(sizes):
-        bh, bw = max(sizes[i][0] for i in bucket), max(sizes[i][1] for i in bucket)
-        idx = torch.as_tensor(bucket, device=x.device)
-        sub = x[:, :, :bh, :bw].index_select(0, idx)
-        sub = _reflect_pad_ragged(sub, [sizes[i] for i in bucket], pad)
-        sub_weight = weight.view(b, c, 1, k, k).index_select(0, idx).reshape(len(bucket) * c, 1, k, k)
-        res = F.conv2d(sub.reshape(1, len(bucket) * c, bh + 2 * pad, bw + 2 * pad), sub_weight, groups=len(bucket) * c)
-        out[:, :, :bh, :bw].index_copy_(0, idx, res.reshape(len(bucket), c, bh, bw))
+    if k % 2 == 0 or kernels.shape[-2] != k or kernels.shape[0] != b:
+        raise ValueError(f"need one square kernel of odd size per sample, got {tuple(kernels.shape)} for batch {b}")
+    uniform = sizes is None or all(tuple(s) == (h, w) for s in sizes)
+    sizes = [(h, w)] * b if sizes is None else [tuple(s) for s in sizes]  # type: ignore[misc]
+    by_radius: dict[int, list[int]] = {}
+    for i, r in enumerate(kernel_radii(kernels)):
+        by_radius.setdefault(r, []).append(i)
+    if list(by_radius) == [0]:
+        return x.clone()
+    out = x.clone() if 0 in by_radius else torch.empty_like(x)  # identity samples keep their input
+    weight = kernels.to(device=x.device, dtype=x.dtype)
+    for radius, index in sorted(by_radius.items()):
+        if radius == 0:
+            continue
+        crop = weight[:, k // 2 - radius : k // 2 + radius + 1, k // 2 - radius : k // 2 + radius + 1]
+        buckets = [index] if uniform else [[index[j] for j in bucket] for bucket in size_buckets([sizes[i] for i in index])]
+        for bucket in buckets:
+            _filter_group(x, out, crop, bucket, sizes, radius, uniform)
     return out
+
+
+def _filter_group(
+    x: torch.Tensor, out: torch.Tensor, weight: torch.Tensor, index: list[int],
+    sizes: Sequence[tuple[int, int]], pad: int, uniform: bool,
+) -> None:
+    """Filter samples ``index`` of ``x`` with their (cropped) kernels in one grouped conv, into ``out``."""
+    b, c, h, w = x.shape
+    n, k = len(index), weight.shape[-1]
+    whole = index == list(range(b))
+    idx = None if whole else torch.as_tensor(index, device=x.device)
+    wgt = (weight if whole else weight.index_select(0, idx))[:, None].repeat_interleave(c, dim=0)  # (n*C, 1, k, k)
+    if uniform:
+        sub = x if whole else x.index_select(0, idx)
+        bh, bw = h, w
+        sub = reflect_pad(sub, pad)
+    else:
+        bh, bw = max(sizes[i][0] for i in index), max(sizes[i][1] for i in index)
+        sub = x[:, :, :bh, :bw] if whole else x[:, :, :bh, :bw].index_select(0, idx)
+        sub = _reflect_pad_ragged(sub, [sizes[i] for i in index], pad)
+    res = F.conv2d(sub.reshape(1, n * c, bh + 2 * pad, bw + 2 * pad), wgt, groups=n * c).reshape(n, c, bh, bw)
+    if whole and (bh, bw) == (h, w):
+        out.copy_(res)
+    elif whole:
+        out[:, :, :bh, :bw] = res
+    else:
+        out[:, :, :bh, :bw].index_copy_(0, idx, res)
 
 
 def size_buckets(sizes: Sequence[tuple[int, int]], max_waste: float = 1.25, max_group: int = 8) -> list[list[int]]:
