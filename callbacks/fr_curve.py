@@ -176,7 +176,7 @@ class FidelityRealismCurve(L.Callback):
                     lq = batch["lq"].to(device)
                     hq = batch["hq"].to(device) if "hq" in batch else None
                     name = str(batch["name"][0]) if "name" in batch else f"image {seen}"
-                    for i, sr in enumerate(self.sweep.run(generator, lq)):
+                    for i, sr in enumerate(self.sweep.run(generator, lq, batch)):
                         scores.add(i, sr.float(), hq, name)
                     seen += lq.shape[0]
         finally:

@@ -67,7 +67,7 @@ class SampleImages(L.Callback):
             self.setup(trainer, pl_module, "validate")
         assert self._sweep is not None
         with torch.no_grad(), seeded(self.seed, pl_module.device):
-            srs = self._sweep.run(pl_module.generator, batch["lq"][:1])
+            srs = self._sweep.run(pl_module.generator, batch["lq"][:1], _first(batch))
         panels = [lq_up, *(sr[0].float().cpu() for sr in srs), hq]
         titles = ["LQ"] + [_setting_text(p.knob_text, p.gamma) for p in self._sweep.points] + ["HQ"]
         save_image(titled_row(panels, titles), path)
@@ -93,3 +93,8 @@ def titled_row(panels: list[torch.Tensor], titles: list[str], bar: int = 14) -> 
         x += panel.shape[-1]
     head = torch.from_numpy(np.asarray(header, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return torch.cat([head, row], dim=-2)
+
+
+def _first(batch: dict) -> dict:
+    """The per-image entries of a batch's first sample (lists of names, paths, prompts)."""
+    return {k: v[:1] for k, v in batch.items() if isinstance(v, (list, tuple, torch.Tensor))}

@@ -117,15 +117,15 @@ class KnobSweep:
         gammas: list[float | None] = list(self.gammas) if self.gammas is not None else [None]
         return [SweepPoint(k, g) for k in self.knobs for g in gammas]
 
-    def run(self, generator: Any, lq: torch.Tensor) -> list[torch.Tensor]:
-        """SR images of ``lq`` for every point, in :attr:`points` order."""
+    def run(self, generator: Any, lq: torch.Tensor, batch: dict | None = None) -> list[torch.Tensor]:
+        """SR images of ``lq`` for every point, in :attr:`points` order (``batch``: per-image prompts/names)."""
         outputs: list[torch.Tensor] = []
         for knob in self.knobs:
             if self.gammas is not None:
-                x_fid, x_real = generator.endpoints(lq, knob)
+                x_fid, x_real = generator.endpoints(lq, knob, batch)
                 outputs.extend(blend_many(x_fid, x_real, self.gammas))
             else:
-                outputs.append(generator(lq, knob))
+                outputs.append(generator(lq, knob, batch))
         return outputs
 
 
@@ -398,7 +398,7 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
             lq = item["lq"][None].to(device)
             hq = item["hq"][None].to(device) if "hq" in item else None
             with autocast:
-                outputs = sweep.run(generator, lq)
+                outputs = sweep.run(generator, lq, {"name": [item["name"]]})
             for i, sr in enumerate(outputs):
                 scores.add(i, sr.float(), hq, item["name"])
             count += 1

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_sr import lora as lora_lib
+from lit_sr.blend import blend
 from lit_sr.backbone import Backbone
 from lit_sr.conditioning.base import Conditioner
 from lit_sr.noise.base import NoiseContext, NoiseStrategy
@@ -44,6 +45,7 @@ class OneStepSR(nn.Module):
         tile_latent: int | None = None,
         tile_overlap: int = 8,
         endpoints: dict[str, list[str]] | None = None,
+        gamma: float = 0.5,
     ) -> None:
         super().__init__()
         self.unet = backbone.unet
@@ -59,6 +61,9 @@ class OneStepSR(nn.Module):
         self.endpoint_adapters = {k: list(v) for k, v in (endpoints or {}).items()}
         if self.endpoint_adapters and set(self.endpoint_adapters) != {"fidelity", "realism"}:
             raise ValueError(f"model.endpoints must name 'fidelity' and 'realism', got {sorted(self.endpoint_adapters)}")
+        if not 0.0 <= float(gamma) <= 1.0:
+            raise ValueError(f"model.gamma must lie in [0, 1], got {gamma}")
+        self.gamma = float(gamma)  # the blend a plain forward of an endpoint model returns
         self.vae_scale_factor = backbone.vae_scale_factor
         self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0))
         # Input sizes must survive the VAE and the UNet's down-sampling.
@@ -201,9 +206,16 @@ class OneStepSR(nn.Module):
         return SROutput(sr=sr, z_hat=z_hat, z_lq=z_lq, t=t, eps_hat=eps, encoder_hidden_states=ehs,
                         lq_up=lq_up, extras={"z_hq": z_hq, "z_in": z_in, **aux})
 
-    def forward(self, lq: torch.Tensor, knob: Any = None) -> torch.Tensor:
-        """LQ in [0, 1] → SR in [0, 1] at ``scale``× the size."""
-        return self.step(lq, knob=knob).sr
+    def forward(self, lq: torch.Tensor, knob: Any = None, batch: dict | None = None) -> torch.Tensor:
+        """LQ in [0, 1] → SR in [0, 1] at ``scale``× the size.
+
+        ``batch`` carries per-image inputs of the conditioner (prompts, names for a prompt file).
+        A model with fidelity/realism endpoints (IFCSR) returns their blend at ``self.gamma``
+        (``model.gamma``), two generator passes; :meth:`endpoints` gives both images for other γ.
+        """
+        if self.has_endpoints:
+            return blend(*self.endpoints(lq, knob, batch), self.gamma)
+        return self.step(lq, knob=knob, batch=batch).sr
 
     @property
     def has_endpoints(self) -> bool:
@@ -214,11 +226,12 @@ class OneStepSR(nn.Module):
         with self.adapters(self.endpoint_adapters[name], getattr(self, "active_vae", None)):
             return self.step(lq, knob=knob, **kwargs)
 
-    def endpoints(self, lq: torch.Tensor, knob: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def endpoints(self, lq: torch.Tensor, knob: Any = None, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_fid, x_real): exactly two generator passes; blend them with :func:`lit_sr.blend.blend`."""
         if not self.has_endpoints:
             raise ValueError("this model has no fidelity/realism endpoints (model.endpoints is not set)")
-        return self.endpoint_step("fidelity", lq, knob).sr, self.endpoint_step("realism", lq, knob).sr
+        return (self.endpoint_step("fidelity", lq, knob, batch=batch).sr,
+                self.endpoint_step("realism", lq, knob, batch=batch).sr)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Every parameter that is not part of the frozen backbone (adapters, modulation, MLPs)."""

@@ -80,12 +80,13 @@ def run(args: argparse.Namespace) -> dict:
             log.warning("skipping %s", exc)
             stats["skipped"] += 1
             continue
+        batch = {"path": [str(path)]}  # per-image prompts (text conditioning with a prompt file)
         with torch.no_grad(), autocast:
             if args.gamma is not None:
-                x_fid, x_real = generator.endpoints(lq, knob)
+                x_fid, x_real = generator.endpoints(lq, knob, batch)
                 outputs = {f"_g{g:g}": img for g, img in zip(args.gamma, blend_many(x_fid, x_real, args.gamma))}
             else:
-                outputs = {"": generator(lq, knob)}
+                outputs = {"": generator(lq, knob, batch)}
         for suffix, sr in outputs.items():
             sr = color_fix(sr.float(), generator.upsample(lq).float(), args.color_fix)
             save_image(sr[0], out_dir / rel.with_name(rel.stem + suffix + ".png"))

@@ -350,7 +350,11 @@ class SRSystem(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        sr = self.generator(batch["lq"])
+        g = self.generator
+        if g.has_endpoints and self.stage.blend is None:  # e.g. IFCSR stage 1: the adapters this stage trains
+            sr = g.step(batch["lq"], batch=batch).sr
+        else:  # an endpoint model blends at model.gamma
+            sr = g(batch["lq"], batch=batch)
         if self.val_metrics is not None:
             self.val_metrics.update(sr.float(), batch["hq"].float())
         return {"sr": sr.detach()}

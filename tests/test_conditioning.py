@@ -129,3 +129,24 @@ def test_text_encoder_is_frozen_and_not_saved(make_cfg, tiny_bb):
 def test_text_without_text_encoder_is_rejected(make_cfg):
     with pytest.raises(ConfigError, match="text encoder"):
         make_cfg("conditioning=text", "backbone.text_encoder=false")
+
+
+def test_validation_and_sweeps_use_per_image_prompts(make_cfg, tiny_bb, tmp_path, monkeypatch):
+    """Validation, fr-curve/evaluate sweeps and inference pass the batch, so a prompt file applies there too."""
+    from lit_sr.build import build_system
+    from lit_sr.evaluate import KnobSweep
+
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"img_001": "a red car"}))
+    system = build_system(make_cfg("conditioning=text", f"conditioning.prompt_file={prompts}", "val.metrics=[psnr]"),
+                          backbone=tiny_bb)
+    g = system.generator.eval()
+    seen: list[list[str]] = []
+    original = g.conditioner.prompts_for
+    monkeypatch.setattr(g.conditioner, "prompts_for", lambda batch, n: seen.append(original(batch, n)) or seen[-1])
+    lq = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        system.validation_step({"lq": lq, "hq": torch.rand(1, 3, 32, 32), "name": ["img_001"]}, 0)
+        KnobSweep.for_generator(g).run(g, lq, {"path": ["/val/img_001.png"]})
+        g(lq)
+    assert seen == [["a red car"], ["a red car"], [""]]
