@@ -123,6 +123,19 @@ class OneStepSR(nn.Module):
         z = dist.sample(generator=generator) if self.vae_sample else dist.mode()
         return z * self.scaling_factor
 
+    def encode_hq(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latent of the HQ target (in [-1, 1]) for noise strategies that compare it with z_L, no gradient.
+
+        The noise strategy's ``hq_encoder`` picks the encoder: ``adapted`` (the VAE with its
+        active adapters, the same encoder as z_L, as RCOD's code does) or ``base`` (the
+        pretrained encoder, a reference that does not move during training).
+        """
+        with torch.no_grad():
+            if getattr(self.noise, "hq_encoder", "adapted") == "base":
+                with self.adapters(self.active_unet, []):
+                    return self.encode(y, generator)
+            return self.encode(y, generator)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] from a scaled latent (the decoder is frozen)."""
         return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
@@ -194,8 +207,10 @@ class OneStepSR(nn.Module):
         z_lq = self.encode(x, generator)
         z_hq = None
         if hq is not None and getattr(self.noise, "needs_hq_latent", False):
-            with torch.no_grad(), self.adapters(self.active_unet, []):
-                z_hq = self.encode(hq * 2 - 1)
+            y = hq * 2 - 1
+            if ph or pw:  # padded like the LQ, so the two latents align
+                y = F.pad(y, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+            z_hq = self.encode_hq(y, generator)
         ctx = NoiseContext(lq_up=x, z_lq=z_lq, training=self.training, knob=knob, z_hq=z_hq, generator=generator)
         t = self.noise.timesteps(ctx)
         z_in, aux = self.noise.unet_input(ctx, t)

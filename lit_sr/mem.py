@@ -157,7 +157,7 @@ def generator_latents(generator, lq: torch.Tensor, hq: torch.Tensor) -> tuple[to
     """(z_L, z_H, x) exactly as :meth:`OneStepSR.step` forms them for LDG.
 
     x is the upsampled, padded LQ in [-1, 1]; z_L uses the generator's active VAE adapters and
-    z_H the plain encoder (the generator encodes the HQ target with its VAE adapters off).
+    z_H the encoder the generator's noise strategy names (:meth:`OneStepSR.encode_hq`).
     """
     lq_up = generator.upsample(lq)
     h, w = lq_up.shape[-2:]
@@ -170,9 +170,7 @@ def generator_latents(generator, lq: torch.Tensor, hq: torch.Tensor) -> tuple[to
         mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
         x, y = F.pad(x, (0, pw, 0, ph), mode=mode), F.pad(y, (0, pw, 0, ph), mode=mode)
     z_lq = generator.encode(x)
-    with generator.adapters(generator.active_unet, []):
-        z_hq = generator.encode(y)
-    return z_lq, z_hq, x
+    return z_lq, generator.encode_hq(y), x
 
 
 class MEMSystem(L.LightningModule):

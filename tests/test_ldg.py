@@ -133,3 +133,28 @@ def test_config_errors_are_one_line(make_cfg, tmp_path):
         LDGNoise(grouping="quantiles")
     with pytest.raises(ValueError, match="group_timesteps"):
         LDGNoise(grouping="thresholds", thresholds=[0.5], group_timesteps=[749, 499, 249])
+
+
+@pytest.mark.parametrize("encoder", ["adapted", "base"])
+def test_hq_latent_comes_from_the_configured_encoder_and_aligns_at_odd_sizes(make_cfg, tiny_bb, encoder):
+    from lit_sr.build import build_generator
+
+    g = build_generator(make_cfg("noise=ldg", f"noise.hq_encoder={encoder}"), tiny_bb).train()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained-looking VAE LoRA, so the two encoders differ
+        for name, p in g.vae.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    hq = torch.rand(2, 3, 60, 68, generator=gen)  # not a multiple of the size the VAE/UNet need
+    lq = torch.nn.functional.interpolate(hq, scale_factor=0.25, mode="area")
+    with torch.no_grad():
+        out = g.step(lq, hq=hq)
+        y = torch.nn.functional.pad(hq * 2 - 1, (0, (-68) % g.size_multiple, 0, (-60) % g.size_multiple), mode="reflect")
+        adapted = g.encode(y)
+        with g.adapters(g.active_unet, []):
+            base = g.encode(y)
+    assert out.extras["z_hq"].shape == out.z_lq.shape
+    assert (adapted - base).abs().max() > 1e-3
+    torch.testing.assert_close(out.extras["z_hq"], adapted if encoder == "adapted" else base)
+    with pytest.raises(ConfigError, match="hq_encoder"):
+        make_cfg("noise=ldg", "noise.hq_encoder=other")

@@ -70,8 +70,12 @@ class LDGNoise(NoiseStrategy):
         fixed_alpha_x0: float | None = None,
         default_knob: str | int = "neutral",
         mem_weights: str | None = None,
+        hq_encoder: str = "adapted",
     ) -> None:
         super().__init__()
+        if hq_encoder not in ("adapted", "base"):
+            raise ValueError(f"noise.hq_encoder must be 'adapted' or 'base', got {hq_encoder!r}")
+        self.hq_encoder = hq_encoder  # which VAE encoder gives z_H (see OneStepSR.encode_hq)
         if grouping == "formula":
             if n < 1 or k < 1:
                 raise ValueError(f"noise.n and noise.k must be >= 1, got {n}, {k}")
@@ -106,6 +110,8 @@ class LDGNoise(NoiseStrategy):
     @staticmethod
     def requires(cfg) -> str | None:
         node = cfg.noise
+        if str(node.get("hq_encoder", "adapted")) not in ("adapted", "base"):
+            return f"noise.hq_encoder must be 'adapted' or 'base', got {node.get('hq_encoder')!r}"
         weights = node.get("mem_weights")
         if weights and not Path(str(weights)).expanduser().is_file():
             return f"noise.mem_weights: MEM file not found: {weights}"
