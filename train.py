@@ -14,12 +14,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from omegaconf import OmegaConf
 
 from callbacks.adapter_export import AdapterExport
 from callbacks.metrics_file import MetricsFile
 from callbacks.sample_images import SampleImages
-from lit_sr.build import build_datamodule, build_extra_callbacks, build_mem_system, build_system
+from lit_sr.build import build_datamodule, build_extra_callbacks, build_mem_system, build_system, trainer_kwargs
 from lit_sr.config import compose
 from lit_sr.errors import LitSRError
 
@@ -45,7 +44,7 @@ def run(overrides: list[str]) -> L.Trainer:
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     loggers = [TensorBoardLogger(run_dir, name="tb", version=""), CSVLogger(run_dir, name="csv", version="")]
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer), callbacks=callbacks, logger=loggers,
+    trainer = L.Trainer(**trainer_kwargs(cfg, system), callbacks=callbacks, logger=loggers,
                         default_root_dir=run_dir, use_distributed_sampler=True)
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     return trainer

@@ -146,3 +146,29 @@ def build_extra_callbacks(cfg: DictConfig) -> list:
     """Callbacks listed under ``callbacks`` in the config (each a ``_target_`` node)."""
     nodes = cfg.get("callbacks") or {}
     return [build_component(node, f"callbacks.{name}") for name, node in nodes.items() if node is not None]
+
+
+def trainer_kwargs(cfg: DictConfig, system: Any) -> dict:
+    """``cfg.trainer`` as Trainer arguments, with DDP told to expect unused parameters when it must.
+
+    A system whose backward passes reach only part of its parameters (training stages, loss terms
+    with their own networks: VSD's fake score, a discriminator) fails under plain DDP. When such a
+    system would run under DDP (``strategy: ddp``, or ``auto`` with more than one device or
+    node), the strategy becomes ``ddp_find_unused_parameters_true``; any other explicit strategy
+    is left as given.
+    """
+    import torch
+
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(args, dict)
+    if not getattr(system, "partial_backward", False):
+        return args
+    strategy = args.get("strategy", "auto")
+    devices, nodes = args.get("devices", "auto"), int(args.get("num_nodes", 1) or 1)
+    if devices in (-1, "-1", "auto") and args.get("accelerator") in ("gpu", "cuda"):
+        devices = torch.cuda.device_count()
+    many = nodes > 1 or (isinstance(devices, (list, tuple)) and len(devices) > 1) or (
+        not isinstance(devices, (list, tuple)) and str(devices).lstrip("-").isdigit() and int(devices) > 1)
+    if strategy == "ddp" or (strategy == "auto" and many):
+        args["strategy"] = "ddp_find_unused_parameters_true"
+    return args

@@ -116,6 +116,11 @@ class SRSystem(L.LightningModule):
         self._group_of: dict[str, int] = {}
         self.enter_stage(0)
 
+    @property
+    def partial_backward(self) -> bool:
+        """True when a backward pass can miss trained parameters (stages, terms with own networks)."""
+        return len(self.schedule) > 1 or any(bool(ps) for ps in self._own.values())
+
     # ------------------------------------------------------------------ units & stages
     def _collect_units(self, own_ids: set[int]) -> dict[str, list[nn.Parameter]]:
         """Trainable units: ``unet:<adapter>``, ``vae:<adapter>``, ``module:<child>``."""

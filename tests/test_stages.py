@@ -125,3 +125,23 @@ def test_bad_stage_configs_fail_with_one_line(make_cfg, change, message):
         _cfg(make_cfg, stages)
     with pytest.raises(ConfigError, match="only the last stage"):
         _cfg(make_cfg, [{**STAGES[0], "steps": None}, STAGES[1]])
+
+
+def test_ddp_is_told_about_unused_parameters_only_when_a_backward_can_miss_some(make_cfg, tiny_bb):
+    from types import SimpleNamespace
+
+    from lit_sr.build import trainer_kwargs
+
+    system = build_system(_cfg(make_cfg), backbone=tiny_bb)  # two stages
+    assert system.partial_backward
+    plain = SimpleNamespace(partial_backward=False)
+
+    def strategy(sys_, *overrides: str) -> str:
+        return trainer_kwargs(make_cfg(*overrides), sys_)["strategy"]
+
+    assert strategy(system, "trainer.strategy=ddp") == "ddp_find_unused_parameters_true"
+    assert strategy(system, "trainer.devices=2") == "ddp_find_unused_parameters_true"  # auto → DDP on 2 devices
+    assert strategy(system, "trainer=gpu", "trainer.num_nodes=2") == "ddp_find_unused_parameters_true"
+    assert strategy(system) == "auto"  # one CPU device: no DDP at all
+    assert strategy(system, "trainer.strategy=fsdp") == "fsdp"  # an explicit choice is kept
+    assert strategy(plain, "trainer.strategy=ddp") == "ddp"

@@ -42,3 +42,11 @@ def test_two_process_cpu_ddp_trains_and_saves_one_checkpoint(tmp_path):
     with open(tmp_path / "csv" / "metrics.csv") as f:
         steps = {row["step"] for row in csv.DictReader(f) if row.get("train/loss")}
     assert len(steps) == 3
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_with_a_vsd_term_under_plain_ddp(tmp_path):
+    """VSD's fake LoRA is not reached by the generator's backward: `strategy=ddp` must still work."""
+    _train(tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.devices=2",
+           "trainer.strategy=ddp", "export.enabled=false", "loss=osediff_vsd", "loss.terms.lpips.weight=0")
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
