@@ -26,8 +26,9 @@ from datamodules.degradation.filters import (
     sinc_kernels,
     usm_sharpen,
 )
-from datamodules.degradation.jpeg import jpeg_roundtrip
-from datamodules.degradation.noise import gaussian_noise, poisson_noise
+from datamodules.degradation.jpeg import jpeg_ragged, jpeg_roundtrip
+from datamodules.degradation.noise import add_noise, gaussian_noise, poisson_noise
+from datamodules.degradation.ragged import Ragged
 from datamodules.degradation.realesrgan import RealESRGANDegradation, _sample_blur, BlurSpec
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "degradation"
@@ -322,6 +323,28 @@ def test_batched_equals_per_sample(name: str, photos: torch.Tensor) -> None:
         lq_i, target_i = deg.apply(hq[i : i + 1], record.select(i))
         assert torch.equal(lq_i[0], lq[i]), f"sample {i} differs"
         assert torch.equal(target_i[0], target[i])
+
+
+def test_per_sample_ops_give_the_same_bits_on_any_number_of_threads() -> None:
+    """JPEG and noise run samples on parallel threads; each sample's result must not depend on it."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = [(40, 52), (64, 64), (17, 30), (64, 33), (50, 50), (31, 64)]
+    x = Ragged(torch.rand(6, 3, 64, 64, generator=gen), sizes)
+    kinds = ["gaussian", "poisson", "poisson", "gaussian", "poisson", "gaussian"]
+    levels, gray, seeds = [5.0, 1.0, 2.5, 20.0, 0.5, 3.0], [False, True, False, True, False, False], list(range(6))
+    quality = [30.0, 95.0, 50.5, 70.0, 41.0, 88.0]
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results.append((add_noise(x, kinds, levels, gray, seeds), jpeg_ragged(x, quality)))
+    finally:
+        torch.set_num_threads(threads)
+    (noise_1, jpeg_1), (noise_3, jpeg_3) = results
+    for i, (h, w) in enumerate(sizes):
+        assert torch.equal(noise_1.crop(i), noise_3.crop(i)) and torch.equal(jpeg_1.crop(i), jpeg_3.crop(i)), i
+        assert torch.equal(jpeg_1.crop(i), jpeg_roundtrip(x.crop(i), round(quality[i])))
 
 
 def test_clean_samples_are_plain_bicubic_downscales(photos: torch.Tensor) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from datamodules.degradation.ragged import Ragged
+from datamodules.degradation.ragged import Ragged, map_samples
 
 
 def _to_uint8(img: torch.Tensor) -> torch.Tensor:
@@ -42,14 +42,18 @@ def jpeg_ragged(x: Ragged, quality: Sequence[float]) -> Ragged:
     """JPEG round trip of every sample; quality is rounded to the nearest integer (libjpeg takes ints).
 
     Each sample is converted from and written back to its own region (a padded canvas can be
-    several times larger).
+    several times larger); the encode/decode round trips run in parallel (:func:`map_samples`).
     """
     if x.data.shape[1] != 3:
         raise ValueError(f"JPEG compression needs RGB images, got {x.data.shape[1]} channels")
     device, dtype = x.data.device, x.data.dtype
+    pixels = [_to_uint8(x.crop(i)).permute(1, 2, 0).cpu().numpy() for i in range(len(x))]
+
+    def roundtrip(i: int) -> np.ndarray:  # libjpeg releases the GIL: samples run in parallel
+        return _encode_decode(pixels[i], round(float(quality[i])))
+
     out = torch.empty_like(x.data)  # only each sample's region is written
-    for i, (h, w) in enumerate(x.sizes):
-        pixels = _to_uint8(x.crop(i)).permute(1, 2, 0).cpu().numpy()
-        decoded = torch.from_numpy(_encode_decode(pixels, round(float(quality[i]))).copy()).permute(2, 0, 1)
-        out[i, :, :h, :w] = decoded.to(device, dtype) / 255.0
+    for i, decoded in enumerate(map_samples(roundtrip, len(x))):
+        h, w = x.sizes[i]
+        out[i, :, :h, :w] = torch.from_numpy(decoded.copy()).permute(2, 0, 1).to(device, dtype) / 255.0
     return Ragged(out, x.sizes)

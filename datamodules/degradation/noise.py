@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from datamodules.degradation.ragged import Ragged
+from datamodules.degradation.ragged import Ragged, map_samples
 
 # ITU-R 601 luma weights as in torchvision's rgb_to_grayscale, which BasicSR's gray Poisson noise uses.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -51,14 +51,16 @@ def add_noise(
 ) -> Ragged:
     """Add per-sample ``gaussian`` (level = σ on the 0–255 scale) or ``poisson`` (level = scale) noise, clip to [0, 1].
 
-    The noise of every sample is drawn from its own seed, so this loops over samples; each step
-    works on the sample's own region only (a padded canvas can be several times larger).
+    The noise of every sample is drawn from its own seed, so samples are processed one by one,
+    in parallel across threads (:func:`map_samples`); each works on the sample's own region only
+    (a padded canvas can be several times larger).
     """
     unknown = set(kinds) - {"gaussian", "poisson"}
     if unknown:
         raise ValueError(f"unknown noise kind(s) {sorted(unknown)} (expected 'gaussian' or 'poisson')")
     out = torch.empty_like(x.data)  # only each sample's region is written
-    for i in range(len(x)):
+
+    def noisy(i: int) -> None:  # writes sample i's own region only, so samples can run in parallel
         crop = x.crop(i)
         if kinds[i] == "gaussian":
             field = gaussian_noise(crop.shape, levels[i], gray[i], seeds[i])
@@ -66,4 +68,6 @@ def add_noise(
             field = poisson_noise(crop, levels[i], gray[i], seeds[i])
         h, w = x.sizes[i]
         out[i, :, :h, :w] = (crop + field.to(crop.device, crop.dtype)).clamp_(0.0, 1.0)
+
+    map_samples(noisy, len(x))
     return Ragged(out, x.sizes)

@@ -12,11 +12,30 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
+
+
+T = TypeVar("T")
+
+
+def map_samples(fn: Callable[[int], T], count: int) -> list[T]:
+    """``[fn(0), …, fn(count-1)]``, run on up to ``torch.get_num_threads()`` threads.
+
+    For the per-sample ops of a batch (JPEG through libjpeg, seeded noise): both release the GIL,
+    so a batch uses every core where a one-sample loop runs them one after another. Each call
+    must depend on its own index only; the results are then the same for any thread count.
+    """
+    workers = min(count, torch.get_num_threads())
+    if workers <= 1:
+        return [fn(i) for i in range(count)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, range(count)))
 
 
 @dataclass
