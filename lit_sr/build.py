@@ -157,18 +157,28 @@ def trainer_kwargs(cfg: DictConfig, system: Any) -> dict:
     node), the strategy becomes ``ddp_find_unused_parameters_true``; any other explicit strategy
     is left as given.
     """
-    import torch
-
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(args, dict)
     if not getattr(system, "partial_backward", False):
         return args
     strategy = args.get("strategy", "auto")
-    devices, nodes = args.get("devices", "auto"), int(args.get("num_nodes", 1) or 1)
-    if devices in (-1, "-1", "auto") and args.get("accelerator") in ("gpu", "cuda"):
-        devices = torch.cuda.device_count()
-    many = nodes > 1 or (isinstance(devices, (list, tuple)) and len(devices) > 1) or (
-        not isinstance(devices, (list, tuple)) and str(devices).lstrip("-").isdigit() and int(devices) > 1)
+    many = int(args.get("num_nodes", 1) or 1) > 1 or _device_count(args.get("devices", "auto"), args.get("accelerator")) > 1
     if strategy == "ddp" or (strategy == "auto" and many):
         args["strategy"] = "ddp_find_unused_parameters_true"
     return args
+
+
+def _device_count(devices: Any, accelerator: Any) -> int:
+    """How many devices a Trainer ``devices`` value asks for (``-1``/``auto``: every visible GPU)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip()
+    if text in ("-1", "auto"):
+        if accelerator in ("gpu", "cuda"):
+            import torch
+
+            return torch.cuda.device_count()
+        return 1
+    if "," in text:  # "0,1": device indices
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text) if text.isdigit() else 1

@@ -123,6 +123,18 @@ class OneStepSR(nn.Module):
         z = dist.sample(generator=generator) if self.vae_sample else dist.mode()
         return z * self.scaling_factor
 
+    def model_input(self, img: torch.Tensor) -> torch.Tensor:
+        """An image in [0, 1] → [-1, 1], padded at the bottom/right to a size the VAE and UNet accept.
+
+        Reflect padding, or replicate where the image is smaller than the padding.
+        """
+        h, w = img.shape[-2:]
+        ph, pw = (-h) % self.size_multiple, (-w) % self.size_multiple
+        x = img * 2 - 1
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        return x
+
     def encode_hq(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Latent of the HQ target (in [-1, 1]) for noise strategies that compare it with z_L, no gradient.
 
@@ -199,18 +211,11 @@ class OneStepSR(nn.Module):
         """The full pass, returning everything losses may need. ``lq``/``hq`` are in [0, 1]."""
         lq_up = self.upsample(lq)
         h, w = lq_up.shape[-2:]
-        m = self.size_multiple
-        ph, pw = (-h) % m, (-w) % m
-        x = lq_up * 2 - 1
-        if ph or pw:  # reflect-pad to a size the VAE/UNet accept; cropped again below
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        x = self.model_input(lq_up)  # cropped back to h × w below
         z_lq = self.encode(x, generator)
         z_hq = None
         if hq is not None and getattr(self.noise, "needs_hq_latent", False):
-            y = hq * 2 - 1
-            if ph or pw:  # padded like the LQ, so the two latents align
-                y = F.pad(y, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-            z_hq = self.encode_hq(y, generator)
+            z_hq = self.encode_hq(self.model_input(hq), generator)  # padded like the LQ: the latents align
         ctx = NoiseContext(lq_up=x, z_lq=z_lq, training=self.training, knob=knob, z_hq=z_hq, generator=generator)
         t = self.noise.timesteps(ctx)
         z_in, aux = self.noise.unet_input(ctx, t)

@@ -163,14 +163,8 @@ def generator_latents(generator, lq: torch.Tensor, hq: torch.Tensor) -> tuple[to
     h, w = lq_up.shape[-2:]
     if hq.shape[-2:] != (h, w):
         raise ValueError(f"HQ size {tuple(hq.shape[-2:])} does not match the upsampled LQ {(h, w)}")
-    m = generator.size_multiple
-    ph, pw = (-h) % m, (-w) % m
-    x, y = lq_up * 2 - 1, hq * 2 - 1
-    if ph or pw:
-        mode = "reflect" if min(h, w) > max(ph, pw) else "replicate"
-        x, y = F.pad(x, (0, pw, 0, ph), mode=mode), F.pad(y, (0, pw, 0, ph), mode=mode)
-    z_lq = generator.encode(x)
-    return z_lq, generator.encode_hq(y), x
+    x = generator.model_input(lq_up)
+    return generator.encode(x), generator.encode_hq(generator.model_input(hq)), x
 
 
 class MEMSystem(L.LightningModule):

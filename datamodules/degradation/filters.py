@@ -113,8 +113,6 @@ def filter_per_sample(
     by_radius: dict[int, list[int]] = {}
     for i, r in enumerate(kernel_radii(kernels)):
         by_radius.setdefault(r, []).append(i)
-    if list(by_radius) == [0]:
-        return x.clone()
     out = x.clone() if 0 in by_radius else torch.empty_like(x)  # identity samples keep their input
     weight = kernels.to(device=x.device, dtype=x.dtype)
     for radius, index in sorted(by_radius.items()):
@@ -132,23 +130,16 @@ def _filter_group(
     sizes: Sequence[tuple[int, int]], pad: int, uniform: bool,
 ) -> None:
     """Filter samples ``index`` of ``x`` with their (cropped) kernels in one grouped conv, into ``out``."""
-    b, c, h, w = x.shape
-    n, k = len(index), weight.shape[-1]
+    b, c = x.shape[:2]
+    n = len(index)
     whole = index == list(range(b))
     idx = None if whole else torch.as_tensor(index, device=x.device)
     wgt = (weight if whole else weight.index_select(0, idx))[:, None].repeat_interleave(c, dim=0)  # (n*C, 1, k, k)
-    if uniform:
-        sub = x if whole else x.index_select(0, idx)
-        bh, bw = h, w
-        sub = reflect_pad(sub, pad)
-    else:
-        bh, bw = max(sizes[i][0] for i in index), max(sizes[i][1] for i in index)
-        sub = x[:, :, :bh, :bw] if whole else x[:, :, :bh, :bw].index_select(0, idx)
-        sub = _reflect_pad_ragged(sub, [sizes[i] for i in index], pad)
+    bh, bw = max(sizes[i][0] for i in index), max(sizes[i][1] for i in index)  # (h, w) when uniform
+    sub = x[:, :, :bh, :bw] if whole else x[:, :, :bh, :bw].index_select(0, idx)
+    sub = reflect_pad(sub, pad) if uniform else _reflect_pad_ragged(sub, [sizes[i] for i in index], pad)
     res = F.conv2d(sub.reshape(1, n * c, bh + 2 * pad, bw + 2 * pad), wgt, groups=n * c).reshape(n, c, bh, bw)
-    if whole and (bh, bw) == (h, w):
-        out.copy_(res)
-    elif whole:
+    if whole:
         out[:, :, :bh, :bw] = res
     else:
         out[:, :, :bh, :bw].index_copy_(0, idx, res)

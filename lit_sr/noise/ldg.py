@@ -52,6 +52,9 @@ def latent_cosine(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(z_a.flatten(1).float(), z_b.flatten(1).float(), dim=1)
 
 
+HQ_ENCODERS = ("adapted", "base")  # which VAE encoder gives z_H (see OneStepSR.encode_hq)
+
+
 class LDGNoise(NoiseStrategy):
     """Timestep from the LQ/HQ latent similarity group (training) or the user's knob (inference)."""
 
@@ -73,9 +76,9 @@ class LDGNoise(NoiseStrategy):
         hq_encoder: str = "adapted",
     ) -> None:
         super().__init__()
-        if hq_encoder not in ("adapted", "base"):
-            raise ValueError(f"noise.hq_encoder must be 'adapted' or 'base', got {hq_encoder!r}")
-        self.hq_encoder = hq_encoder  # which VAE encoder gives z_H (see OneStepSR.encode_hq)
+        if hq_encoder not in HQ_ENCODERS:
+            raise ValueError(f"noise.hq_encoder must be one of {HQ_ENCODERS}, got {hq_encoder!r}")
+        self.hq_encoder = hq_encoder
         if grouping == "formula":
             if n < 1 or k < 1:
                 raise ValueError(f"noise.n and noise.k must be >= 1, got {n}, {k}")
@@ -110,8 +113,8 @@ class LDGNoise(NoiseStrategy):
     @staticmethod
     def requires(cfg) -> str | None:
         node = cfg.noise
-        if str(node.get("hq_encoder", "adapted")) not in ("adapted", "base"):
-            return f"noise.hq_encoder must be 'adapted' or 'base', got {node.get('hq_encoder')!r}"
+        if str(node.get("hq_encoder", "adapted")) not in HQ_ENCODERS:
+            return f"noise.hq_encoder must be one of {HQ_ENCODERS}, got {node.get('hq_encoder')!r}"
         weights = node.get("mem_weights")
         if weights and not Path(str(weights)).expanduser().is_file():
             return f"noise.mem_weights: MEM file not found: {weights}"
