@@ -18,8 +18,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from callbacks.adapter_export import AdapterExport
 from callbacks.metrics_file import MetricsFile
 from callbacks.sample_images import SampleImages
-from lit_sr.build import build_datamodule, build_extra_callbacks, build_mem_system, build_system, trainer_kwargs
-from lit_sr.config import compose
+from lit_sr.config.build import build_datamodule, build_extra_callbacks, build_mem_system, build_system, trainer_kwargs
+from lit_sr.config.compose import compose
 from lit_sr.errors import LitSRError
 
 

@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lit_sr.backbone import Backbone, schedule_alphas_cumprod, tiny_backbone  # noqa: E402
-from lit_sr.conditioning.null import NullConditioner  # noqa: E402
-from lit_sr.generator import OneStepSR  # noqa: E402
-from lit_sr.lora import OSEDIFF_VAE_TARGETS  # noqa: E402
-from lit_sr.noise.uniform import UniformNoise  # noqa: E402
+from lit_sr.model.backbone import Backbone, schedule_alphas_cumprod, tiny_backbone  # noqa: E402
+from lit_sr.model.conditioning.null import NullConditioner  # noqa: E402
+from lit_sr.model.generator import OneStepSR  # noqa: E402
+from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS  # noqa: E402
+from lit_sr.model.noise.uniform import UniformNoise  # noqa: E402
 
 LORA = {"unet": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}
 
@@ -35,7 +35,7 @@ def sd21_backbone() -> Backbone:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lit_sr.backbone import byte_level_clip_tokenizer
+    from lit_sr.model.backbone import byte_level_clip_tokenizer
 
     unet = UNet2DConditionModel(
         sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,

@@ -60,7 +60,7 @@ SD21_VAE = dict(
 # ---------------------------------------------------------------------------------------------
 
 def _fixed_conditioner(dim: int, length: int = 77):
-    from lit_sr.conditioning.base import Conditioner
+    from lit_sr.model.conditioning.base import Conditioner
 
     class FixedConditioner(Conditioner):
         """A fixed random prompt embedding (stands in for the empty-prompt CLIP embedding)."""
@@ -82,7 +82,7 @@ def _fixed_conditioner(dim: int, length: int = 77):
 
 
 def _backbone(part: str, device: torch.device):
-    from lit_sr.backbone import Backbone, schedule_alphas_cumprod, tiny_backbone
+    from lit_sr.model.backbone import Backbone, schedule_alphas_cumprod, tiny_backbone
 
     if part == "tiny":
         return tiny_backbone(text_encoder=False)
@@ -103,9 +103,9 @@ def _lora_to_fp32(module: torch.nn.Module) -> None:
 
 def build(variant: str, part: str, device: torch.device, checkpointing: bool):
     """(generator, vsd term, [score UNet copies]) for one variant."""
-    from lit_sr import lora as lora_lib
-    from lit_sr.generator import OneStepSR
-    from lit_sr.noise.uniform import UniformNoise
+    from lit_sr.model import adapters as lora_lib
+    from lit_sr.model.generator import OneStepSR
+    from lit_sr.model.noise.uniform import UniformNoise
     from losses.vsd import VSDLoss
 
     bb = _backbone(part, device)
@@ -133,7 +133,7 @@ def build(variant: str, part: str, device: torch.device, checkpointing: bool):
 
 
 def _copies_vsd_class():
-    from lit_sr import lora as lora_lib
+    from lit_sr.model import adapters as lora_lib
     from losses.vsd import VSDLoss
 
     class CopiesVSD(VSDLoss):

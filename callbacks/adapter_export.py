@@ -1,4 +1,4 @@
-"""Exports the trained adapters when training ends (see :mod:`lit_sr.export`)."""
+"""Exports the trained adapters when training ends (see :mod:`lit_sr.model.export`)."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import lightning as L
 
-from lit_sr.export import export_adapter
+from lit_sr.model.export import export_adapter
 
 log = logging.getLogger(__name__)
 

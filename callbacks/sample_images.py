@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.imageio import save_image
-from lit_sr.evaluate import KnobSweep, seeded
+from lit_sr.metrics.sweep import KnobSweep, seeded
 
 
 class SampleImages(L.Callback):

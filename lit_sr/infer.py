@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from datamodules.imageio import is_image_path, load_image, save_image
-from lit_sr.blend import blend_many
-from lit_sr.colorfix import COLOR_FIXES, color_fix
+from lit_sr.model.blend import blend_many
+from lit_sr.model.colorfix import COLOR_FIXES, color_fix
 from lit_sr.errors import ImageLoadError, LitSRError
-from lit_sr.loading import load_generator
+from lit_sr.config.loading import load_generator
 
 log = logging.getLogger("lit_sr.infer")
 

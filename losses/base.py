@@ -6,7 +6,7 @@ import abc
 import torch
 from torch import nn
 
-from lit_sr.output import SROutput
+from lit_sr.model.output import SROutput
 
 
 class LossTerm(nn.Module, metaclass=abc.ABCMeta):

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lit_sr import attention_capture
+from lit_sr.model import attention_capture
 from lit_sr.errors import ConfigError
-from lit_sr.output import SROutput
+from lit_sr.model.output import SROutput
 from losses.base import LossTerm
 
 
@@ -93,7 +93,7 @@ class CoMatLoss(LossTerm):
 
     @staticmethod
     def requires(cfg) -> str | None:
-        from lit_sr.config import resolve_target
+        from lit_sr.config.compose import resolve_target
 
         cond = cfg.get("conditioning")
         cls = resolve_target(str(cond._target_), "conditioning") if cond is not None and "_target_" in cond else None

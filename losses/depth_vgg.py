@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from lit_sr.vgg import NUM_LAYERS, VGG16_LAYERS, VGG16Features, load_vgg16_weights
+from lit_sr.model.vgg import NUM_LAYERS, VGG16_LAYERS, VGG16Features, load_vgg16_weights
 from losses.base import ImageLoss
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from lit_sr.output import SROutput
+from lit_sr.model.output import SROutput
 from losses.base import LossTerm
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lit_sr.errors import WeightsError
-from lit_sr.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights
+from lit_sr.model.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights
 from losses.base import ImageLoss
 
 log = logging.getLogger(__name__)

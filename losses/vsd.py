@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_sr import lora as lora_lib
+from lit_sr.model import adapters as lora_lib
 from lit_sr.errors import ConfigError
-from lit_sr.output import SROutput
+from lit_sr.model.output import SROutput
 from losses.base import LossTerm
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -133,7 +133,7 @@ class VSDLoss(LossTerm):
             return fn()
         prompt = prompt or ""
         if backbone is not None and getattr(backbone, "text_encoder", None) is not None and backbone.tokenizer is not None:
-            from lit_sr.conditioning.null import encode_prompts
+            from lit_sr.model.conditioning.null import encode_prompts
 
             return encode_prompts(backbone.text_encoder, backbone.tokenizer, [prompt])
         # The empty-prompt conditioner caches exactly this embedding when the prompts agree.

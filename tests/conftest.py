@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def _tiny_backbone_template():
-    from lit_sr.backbone import tiny_backbone
+    from lit_sr.model.backbone import tiny_backbone
 
     return tiny_backbone(vision_encoder=True)
 
@@ -33,7 +33,7 @@ def tiny_bb(_tiny_backbone_template):
 @pytest.fixture
 def make_cfg():
     """Compose the project config with overrides (fast: nothing is built)."""
-    from lit_sr.config import compose
+    from lit_sr.config.compose import compose
 
     def _make(*overrides: str):
         return compose(list(overrides))

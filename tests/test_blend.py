@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lit_sr.blend import blend, blend_many
-from lit_sr.build import build_generator, build_system
+from lit_sr.model.blend import blend, blend_many
+from lit_sr.config.build import build_generator, build_system
 
 
 def _perturb(generator) -> None:

@@ -6,9 +6,9 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from omegaconf import OmegaConf
 
-from lit_sr import attention_capture as capture
-from lit_sr.backbone import byte_level_clip_tokenizer
-from lit_sr.build import build_generator
+from lit_sr.model import attention_capture as capture
+from lit_sr.model.backbone import byte_level_clip_tokenizer
+from lit_sr.config.build import build_generator
 from losses.comat import CoMatLoss, positive_area_loss, token_indices
 
 
@@ -154,8 +154,8 @@ def test_no_usable_noun_gives_zero_with_a_graph(make_cfg, tiny_bb):
 
 def test_requires_text_conditioning_and_a_mask_cache():
     base = {"backbone": {"text_encoder": True}, "data": {"mask_cache": "/cache"}}
-    text = {"_target_": "lit_sr.conditioning.text.TextConditioner"}
-    empty = {"_target_": "lit_sr.conditioning.null.NullConditioner"}
+    text = {"_target_": "lit_sr.model.conditioning.text.TextConditioner"}
+    empty = {"_target_": "lit_sr.model.conditioning.null.NullConditioner"}
     assert CoMatLoss.requires(OmegaConf.create({**base, "conditioning": text})) is None
     assert "conditioning=text" in CoMatLoss.requires(OmegaConf.create({**base, "conditioning": empty}))
     no_cache = OmegaConf.create({"conditioning": text, "data": {"mask_cache": None}})

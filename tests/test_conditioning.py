@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from lit_sr.build import build_generator
-from lit_sr.conditioning.null import NullConditioner
-from lit_sr.conditioning.text import TextConditioner, load_prompt_file
-from lit_sr.conditioning.vpim import CLIP_MEAN, CLIP_STD, VPIMConditioner
+from lit_sr.config.build import build_generator
+from lit_sr.model.conditioning.null import NullConditioner
+from lit_sr.model.conditioning.text import TextConditioner, load_prompt_file
+from lit_sr.model.conditioning.vpim import CLIP_MEAN, CLIP_STD, VPIMConditioner
 from lit_sr.errors import ConfigError
 
 
@@ -133,8 +133,8 @@ def test_text_without_text_encoder_is_rejected(make_cfg):
 
 def test_validation_and_sweeps_use_per_image_prompts(make_cfg, tiny_bb, tmp_path, monkeypatch):
     """Validation, fr-curve/evaluate sweeps and inference pass the batch, so a prompt file applies there too."""
-    from lit_sr.build import build_system
-    from lit_sr.evaluate import KnobSweep
+    from lit_sr.config.build import build_system
+    from lit_sr.metrics.sweep import KnobSweep
 
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"img_001": "a red car"}))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from lit_sr.build import build_component, build_datamodule, build_generator, build_losses
-from lit_sr.config import CONF_DIR, compose
+from lit_sr.config.build import build_component, build_datamodule, build_generator, build_losses
+from lit_sr.config.compose import CONF_DIR, compose
 from lit_sr.errors import ConfigError, WeightsError
 
 ROOT = Path(__file__).resolve().parent.parent

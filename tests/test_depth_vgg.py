@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_sr.build import build_component
+from lit_sr.config.build import build_component
 from lit_sr.errors import ConfigError
 from losses.depth_vgg import DepthVGGLoss, depth_weights
 

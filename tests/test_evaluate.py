@@ -36,8 +36,8 @@ def paired(tmp_path):
 
 
 def test_model_table_has_one_row_per_knob_and_arrows(tmp_path, paired, make_cfg, tiny_bb, capsys):
-    from lit_sr.build import build_generator
-    from lit_sr.export import export_adapter
+    from lit_sr.config.build import build_generator
+    from lit_sr.model.export import export_adapter
 
     cfg = make_cfg("noise=rgpa")
     export_adapter(build_generator(cfg, tiny_bb), tmp_path / "model", config=OmegaConf.to_container(cfg))
@@ -123,10 +123,10 @@ def test_errors_are_one_line_with_exit_2(tmp_path, paired, make_cfg, tiny_bb, mo
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, err
 
-    from lit_sr.build import build_generator
+    from lit_sr.config.build import build_generator
 
     generator = build_generator(make_cfg(), tiny_bb)  # noise=uniform, no endpoints
-    monkeypatch.setattr("lit_sr.loading.load_generator", lambda source, overrides: (generator, None))
+    monkeypatch.setattr("lit_sr.config.loading.load_generator", lambda source, overrides: (generator, None))
     assert main(["--model", "m", "--lq-dir", str(lq), "--hq-dir", str(hq), "--gammas", "0.5"]) == 2
     assert "endpoints" in capsys.readouterr().err
 

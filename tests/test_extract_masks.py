@@ -94,7 +94,7 @@ def test_ram_tagger_errors_name_the_fix(tmp_path, monkeypatch):
 def test_clip_tagger_picks_top_k_from_the_vocabulary(tmp_path):
     from transformers import CLIPConfig, CLIPModel
 
-    from lit_sr.backbone import TINY_TEXT, TINY_VISION, byte_level_clip_tokenizer
+    from lit_sr.model.backbone import TINY_TEXT, TINY_VISION, byte_level_clip_tokenizer
     from lit_sr.tagging.clip import CLIPTagger, read_vocabulary
 
     torch.manual_seed(0)
@@ -151,7 +151,7 @@ def test_missing_weights_and_bad_config_fail_with_one_line(tmp_path):
 @pytest.mark.parametrize("group,choice", [("tagger", "ram"), ("tagger", "clip"), ("tagger", "file"),
                                           ("grounding", "gsam2"), ("grounding", "tiny")])
 def test_every_extract_yaml_composes_and_instantiates(group, choice, tmp_path):
-    from lit_sr.build import build_component
+    from lit_sr.config.build import build_component
 
     tags = tmp_path / "tags.csv"
     tags.write_text("a.png,dog\n")

@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader
 
 from callbacks.fr_curve import FidelityRealismCurve
 from callbacks.sample_images import SampleImages
-from lit_sr.blend import blend
+from lit_sr.model.blend import blend
 from lit_sr.errors import ConfigError
-from lit_sr.evaluate import KnobSweep
+from lit_sr.metrics.sweep import KnobSweep
 from lit_sr.metrics.hypervolume import curve_hypervolume, hypervolume_2d, pareto_front, to_maximization
-from lit_sr.noise.base import NoiseContext, NoiseStrategy
+from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
 
 
 # ------------------------------------------------------------------------------ hypervolume
@@ -118,7 +118,7 @@ def test_curve_callback_on_tiny_model_writes_one_row_per_knob(tmp_path, make_cfg
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lit_sr.build import build_generator, build_system
+    from lit_sr.config.build import build_generator, build_system
 
     cfg = make_cfg("val.metrics=[psnr]")
     generator = build_generator(cfg, tiny_bb)

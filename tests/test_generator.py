@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from diffusers import DDPMScheduler
 
-from lit_sr.build import build_generator
+from lit_sr.config.build import build_generator
 
 
 def test_uniform_one_step_equals_ddpm_scheduler_step(make_cfg, tiny_bb):

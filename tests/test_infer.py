@@ -7,9 +7,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lit_sr import infer
-from lit_sr.build import build_generator
-from lit_sr.colorfix import adain, wavelet
-from lit_sr.export import export_adapter
+from lit_sr.config.build import build_generator
+from lit_sr.model.colorfix import adain, wavelet
+from lit_sr.model.export import export_adapter
 
 
 def _export(make_cfg, tiny_bb, path):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_sr.backbone import schedule_alphas_cumprod
+from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.errors import ConfigError
-from lit_sr.noise.base import NoiseContext
-from lit_sr.noise.ldg import LDGNoise, latent_cosine
+from lit_sr.model.noise.base import NoiseContext
+from lit_sr.model.noise.ldg import LDGNoise, latent_cosine
 
 
 
@@ -107,7 +107,7 @@ def test_unet_sees_the_clean_latent_and_x0_conversion():
 
 
 def test_generator_trains_at_the_group_of_its_own_latents(make_cfg, tiny_bb):
-    from lit_sr.build import build_generator
+    from lit_sr.config.build import build_generator
 
     g = build_generator(make_cfg("noise=ldg"), tiny_bb).train()
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_config_errors_are_one_line(make_cfg, tmp_path):
 
 @pytest.mark.parametrize("encoder", ["adapted", "base"])
 def test_hq_latent_comes_from_the_configured_encoder_and_aligns_at_odd_sizes(make_cfg, tiny_bb, encoder):
-    from lit_sr.build import build_generator
+    from lit_sr.config.build import build_generator
 
     g = build_generator(make_cfg("noise=ldg", f"noise.hq_encoder={encoder}"), tiny_bb).train()
     gen = torch.Generator().manual_seed(0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_sr.build import build_generator
-from lit_sr.modulation import LQFM
+from lit_sr.config.build import build_generator
+from lit_sr.model.modulation import LQFM
 
 
 

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from lit_sr.backbone import schedule_alphas_cumprod
+from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.errors import WeightsError
-from lit_sr.mem import MEMSystem, MetricEstimator, generator_latents, load_mem, mem_features, save_mem
-from lit_sr.noise.base import NoiseContext
-from lit_sr.noise.ldg import LDGNoise, latent_cosine
+from lit_sr.model.mem import MetricEstimator, generator_latents, load_mem, mem_features, save_mem
+from lit_sr.systems.mem import MEMSystem
+from lit_sr.model.noise.base import NoiseContext
+from lit_sr.model.noise.ldg import LDGNoise, latent_cosine
 
 
 
@@ -99,7 +100,7 @@ def test_adaptive_knob_uses_the_mem_estimate(trained_mem, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step called without a Trainer
 def test_mem_system_trains_only_the_estimator(make_cfg, tiny_bb):
-    from lit_sr.build import build_generator
+    from lit_sr.config.build import build_generator
 
     g = build_generator(make_cfg("noise=ldg", "lora.vae=null"), tiny_bb)
     system = MEMSystem(g, MetricEstimator(), lr=1e-2)
@@ -124,8 +125,8 @@ def test_mem_system_trains_only_the_estimator(make_cfg, tiny_bb):
 
 def test_train_py_experiment_mem_end_to_end(make_cfg, tmp_path):
     """`python train.py experiment=mem mem.generator_export=...` writes a MEM file LDG can load."""
-    from lit_sr.build import build_generator
-    from lit_sr.export import export_adapter
+    from lit_sr.config.build import build_generator
+    from lit_sr.model.export import export_adapter
 
     import train
 

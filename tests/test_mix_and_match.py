@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_sr.build import build_generator
+from lit_sr.config.build import build_generator
 from lit_sr.errors import ConfigError
 
 NOISES = ["uniform", "rgpa", "ldg"]

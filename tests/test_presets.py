@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import train
-from lit_sr.config import CONF_DIR, compose
-from lit_sr.loading import load_generator
+from lit_sr.config.compose import CONF_DIR, compose
+from lit_sr.config.loading import load_generator
 
 PRESETS = ["osediff", "codsr", "rcod", "ifcsr"]
 FAST = ["trainer.max_steps=2", "trainer.enable_progress_bar=false", "+trainer.limit_val_batches=0",

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_sr.backbone import schedule_alphas_cumprod
-from lit_sr.noise.base import NoiseContext
-from lit_sr.noise.rgpa import RGPANoise, gradient_weight, patch_weight
+from lit_sr.model.backbone import schedule_alphas_cumprod
+from lit_sr.model.noise.base import NoiseContext
+from lit_sr.model.noise.rgpa import RGPANoise, gradient_weight, patch_weight
 
 
 
@@ -136,7 +136,7 @@ def test_knob_parsing(rgpa):
 
 
 def test_bad_config_values_fail_at_build(make_cfg, tiny_bb):
-    from lit_sr.build import build_generator
+    from lit_sr.config.build import build_generator
     from lit_sr.errors import ConfigError
 
     with pytest.raises(ConfigError, match="t_min"):
@@ -160,7 +160,7 @@ def _photo_pairs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_knob_is_monotone_on_a_trained_tiny_model(make_cfg, tiny_bb):
     """A larger t departs further from the LQ-only reconstruction decode(z_L)."""
-    from lit_sr.build import build_generator
+    from lit_sr.config.build import build_generator
 
     torch.manual_seed(0)
     g = build_generator(make_cfg("noise=rgpa", "lora.vae=null"), tiny_bb)

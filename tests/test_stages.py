@@ -8,11 +8,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from lit_sr import lora as lora_lib
-from lit_sr.build import build_system
-from lit_sr.config import validate
+from lit_sr.model import adapters as lora_lib
+from lit_sr.config.build import build_system
+from lit_sr.config.compose import validate
 from lit_sr.errors import ConfigError
-from lit_sr.stages import StageSchedule, parse_stages
+from lit_sr.systems.stages import StageSchedule, parse_stages
 
 STAGES = [
     {"name": "pixel", "steps": 1, "train_adapters": ["main"], "train_vae_adapters": ["main"]},
@@ -130,7 +130,7 @@ def test_bad_stage_configs_fail_with_one_line(make_cfg, change, message):
 def test_ddp_is_told_about_unused_parameters_only_when_a_backward_can_miss_some(make_cfg, tiny_bb):
     from types import SimpleNamespace
 
-    from lit_sr.build import trainer_kwargs
+    from lit_sr.config.build import trainer_kwargs
 
     system = build_system(_cfg(make_cfg), backbone=tiny_bb)  # two stages
     assert system.partial_backward

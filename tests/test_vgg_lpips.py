@@ -12,7 +12,7 @@ from skimage import data, filters
 
 import losses.lpips as lpips_mod
 from lit_sr.errors import WeightsError
-from lit_sr.vgg import LPIPS_TAPS, VGG16_LAYERS, L2Pool2d, VGG16Features, load_vgg16_weights
+from lit_sr.model.vgg import LPIPS_TAPS, VGG16_LAYERS, L2Pool2d, VGG16Features, load_vgg16_weights
 from losses.lpips import LPIPS, LPIPSLoss
 
 # The public VGG16 ("configuration D") as torchvision lays out ``features``: index → conv (in, out).

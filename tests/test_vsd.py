@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_sr import lora as lora_lib
-from lit_sr.build import build_generator, build_system
-from lit_sr.output import SROutput
+from lit_sr.model import adapters as lora_lib
+from lit_sr.config.build import build_generator, build_system
+from lit_sr.model.output import SROutput
 from losses.vsd import VSDLoss
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from lit_sr.errors import WeightsError
 from lit_sr.metrics.base import FrozenNetMetric, require_weights, warn_once
-from lit_sr.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights
+from lit_sr.model.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights
 
 DISTS_CHANNELS: tuple[int, ...] = (3, 64, 128, 256, 512, 512)
 _C1 = _C2 = 1e-6

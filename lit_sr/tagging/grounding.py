@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_sr.backbone import parse_dtype
+from lit_sr.model.backbone import parse_dtype
 from lit_sr.errors import WeightsError
 from lit_sr.tagging.base import IMAGENET_MEAN, IMAGENET_STD, resize_normalize
 

@@ -7,9 +7,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lit_sr.backbone import Backbone
+from lit_sr.model.backbone import Backbone
 from lit_sr.errors import ConfigError, LitSRError
-from lit_sr.generator import OneStepSR
+from lit_sr.model.generator import OneStepSR
 
 
 def _container(node: Any) -> Any:
@@ -46,7 +46,7 @@ def build_generator(cfg: DictConfig, backbone: Backbone | None = None) -> OneSte
     ``generator_adapters``) are added inactive and frozen, so an export of a VSD-trained run
     loads into a generator built from the same config.
     """
-    from lit_sr.stages import added_adapters, parse_stages
+    from lit_sr.systems.stages import added_adapters, parse_stages
 
     backbone = backbone if backbone is not None else build_backbone(cfg)
     lora = _container(cfg.get("lora")) or {}
@@ -66,8 +66,8 @@ def build_generator(cfg: DictConfig, backbone: Backbone | None = None) -> OneSte
 
 
 def _add_loss_term_adapters(cfg: DictConfig, generator: OneStepSR) -> None:
-    from lit_sr.config import resolve_target
-    from lit_sr.lora import adapter_names
+    from lit_sr.config.compose import resolve_target
+    from lit_sr.model.adapters import adapter_names
     from losses.vsd import add_inactive_adapter
 
     terms = (cfg.get("loss") or {}).get("terms") or {}
@@ -104,7 +104,7 @@ def build_val_metrics(cfg: DictConfig):
 def build_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Backbone | None = None):
     """The training system; ``backbone`` (built here when neither it nor ``generator`` is given) is
     handed to loss terms' ``attach`` (e.g. VSD embeds its negative prompt) and not kept."""
-    from lit_sr.module import SRSystem
+    from lit_sr.systems.sr import SRSystem
 
     if generator is None:
         backbone = backbone if backbone is not None else build_backbone(cfg)
@@ -127,8 +127,8 @@ def build_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: 
 
 def build_mem_system(cfg: DictConfig):
     """RCOD's MEM trainer (``experiment=mem``): a frozen trained generator + a new estimator."""
-    from lit_sr.loading import load_generator
-    from lit_sr.mem import MEMSystem
+    from lit_sr.config.loading import load_generator
+    from lit_sr.systems.mem import MEMSystem
 
     node = cfg.mem
     generator, _ = load_generator(str(node.generator_export), list(node.get("generator_overrides") or []))

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_sr.conditioning.base import Conditioner
-from lit_sr.conditioning.frozen import FrozenModule
+from lit_sr.model.conditioning.base import Conditioner
+from lit_sr.model.conditioning.frozen import FrozenModule
 from lit_sr.errors import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -1,4 +1,4 @@
 """Conditioners: what the UNet's cross-attention attends to (``encoder_hidden_states``)."""
-from lit_sr.conditioning.base import Conditioner
+from lit_sr.model.conditioning.base import Conditioner
 
 __all__ = ["Conditioner"]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lit_sr.noise.base import NoiseContext, NoiseStrategy
+from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
 
 _GRAY = (0.299, 0.587, 0.114)
 _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))

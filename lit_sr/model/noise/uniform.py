@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from lit_sr.noise.base import NoiseContext, NoiseStrategy
+from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
 
 log = logging.getLogger(__name__)
 

@@ -189,8 +189,8 @@ def check_stages(cfg) -> None:
         return
     from omegaconf import OmegaConf
 
-    from lit_sr.lora import LoRASpec
-    from lit_sr.config import check_kwargs
+    from lit_sr.model.adapters import LoRASpec
+    from lit_sr.config.compose import check_kwargs
 
     lora = OmegaConf.to_container(cfg.lora, resolve=True) if cfg.get("lora") is not None else {}
     unet = set((lora.get("unet") or {}))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_sr.conditioning.base import Conditioner
+from lit_sr.model.conditioning.base import Conditioner
 from lit_sr.errors import ConfigError
 
 

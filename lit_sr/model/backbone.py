@@ -197,7 +197,7 @@ def _check_paths(cfg) -> str | None:
     return None
 
 
-load_backbone.requires = _check_paths  # picked up by lit_sr.config.check_combinations
+load_backbone.requires = _check_paths  # picked up by lit_sr.config.compose.check_combinations
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 LDG trains each image at the timestep of its similarity group, which needs the HQ latent. At
 inference there is no HQ, so a small regressor estimates M_L from the LQ alone and
-``knob=adaptive`` maps the estimate through the same grouping (:class:`lit_sr.noise.ldg.LDGNoise`).
+``knob=adaptive`` maps the estimate through the same grouping (:class:`lit_sr.model.noise.ldg.LDGNoise`).
 
 RCOD's reference code regresses M_L with MSE from the features of a degradation-estimation network
 (S3Diff's DEResNet) through one linear layer. Those weights are not available offline, so the
@@ -24,21 +24,15 @@ point ``noise.mem_weights`` at it.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lit_sr.conditioning.frozen import FrozenModule
 from lit_sr.errors import WeightsError
-from lit_sr.noise.ldg import latent_cosine
-
-log = logging.getLogger(__name__)
 
 MEM_FORMAT = "lit_sr_mem"
 _GRAY = (0.299, 0.587, 0.114)
@@ -165,70 +159,3 @@ def generator_latents(generator, lq: torch.Tensor, hq: torch.Tensor) -> tuple[to
         raise ValueError(f"HQ size {tuple(hq.shape[-2:])} does not match the upsampled LQ {(h, w)}")
     x = generator.model_input(lq_up)
     return generator.encode(x), generator.encode_hq(generator.model_input(hq)), x
-
-
-class MEMSystem(L.LightningModule):
-    """Trains a :class:`MetricEstimator` against a frozen, trained generator's latents (MSE on M_L).
-
-    The generator only supplies the (z_L, z_H) pairs, so it is held outside the module tree:
-    it stays frozen and in eval mode, checkpoints hold the estimator alone, and it follows the
-    batch's device on use.
-    """
-
-    def __init__(self, generator: nn.Module, estimator: MetricEstimator, lr: float = 1e-3,
-                 weight_decay: float = 0.0, config: dict | None = None) -> None:
-        super().__init__()
-        self._generator = FrozenModule(generator)
-        self.estimator = estimator
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.config = config or {}
-        self.save_hyperparameters({"config": self.config})
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    @property
-    def generator(self) -> nn.Module:
-        return self._generator.module
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.estimator.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-
-    def _pairs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            generator = self._generator.on(batch["lq"])
-            z_lq, z_hq, x = generator_latents(generator, batch["lq"], batch["hq"])
-            target = latent_cosine(z_lq, z_hq)
-        return self.estimator(z_lq, x), target
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        pred, target = self._pairs(batch)
-        loss = F.mse_loss(pred, target)
-        self.log("train/mem_mse", loss.detach(), prog_bar=True, batch_size=pred.shape[0])
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        pred, target = self._pairs(batch)
-        self._val.append((pred.detach().float().cpu(), target.detach().float().cpu()))
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val:
-            return
-        pred = torch.cat([p for p, _ in self._val])
-        target = torch.cat([t for _, t in self._val])
-        self._val.clear()
-        self.log("val/mem_mae", (pred - target).abs().mean().item())
-        if pred.numel() > 1 and pred.std() > 0 and target.std() > 0:
-            self.log("val/mem_corr", torch.corrcoef(torch.stack([pred, target]))[0, 1].item())
-        grouping = getattr(self.generator.noise, "group_index", None)
-        if callable(grouping):  # LDG generators: how often the estimate picks the true group
-            self.log("val/mem_group_acc", (grouping(pred) == grouping(target)).float().mean().item())
-
-
-class MEMExport(L.Callback):
-    """Writes the trained estimator (:func:`save_mem`) when fitting ends."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
-            log.info("wrote MEM weights to %s", save_mem(pl_module.estimator, self.path))

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from lit_sr.conditioning.base import Conditioner
-from lit_sr.conditioning.frozen import FrozenModule
-from lit_sr.conditioning.null import encode_prompts
+from lit_sr.model.conditioning.base import Conditioner
+from lit_sr.model.conditioning.frozen import FrozenModule
+from lit_sr.model.conditioning.null import encode_prompts
 from lit_sr.errors import ConfigError
 
 log = logging.getLogger(__name__)

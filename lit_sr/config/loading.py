@@ -6,11 +6,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lit_sr.build import build_generator
-from lit_sr.config import validate
+from lit_sr.config.build import build_generator
+from lit_sr.config.compose import validate
 from lit_sr.errors import ConfigError, WeightsError
-from lit_sr.export import CONFIG_FILE, load_export
-from lit_sr.generator import OneStepSR
+from lit_sr.model.export import CONFIG_FILE, load_export
+from lit_sr.model.generator import OneStepSR
 
 
 def _apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:

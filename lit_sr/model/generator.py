@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_sr import lora as lora_lib
-from lit_sr.blend import blend
-from lit_sr.backbone import Backbone
-from lit_sr.conditioning.base import Conditioner
-from lit_sr.noise.base import NoiseContext, NoiseStrategy
-from lit_sr.output import SROutput
+from lit_sr.model import adapters as lora_lib
+from lit_sr.model.blend import blend
+from lit_sr.model.backbone import Backbone
+from lit_sr.model.conditioning.base import Conditioner
+from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
+from lit_sr.model.output import SROutput
 
 
 class OneStepSR(nn.Module):
@@ -247,7 +247,7 @@ class OneStepSR(nn.Module):
             return self.step(lq, knob=knob, **kwargs)
 
     def endpoints(self, lq: torch.Tensor, knob: Any = None, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_fid, x_real): exactly two generator passes; blend them with :func:`lit_sr.blend.blend`."""
+        """(x_fid, x_real): exactly two generator passes; blend them with :func:`lit_sr.model.blend.blend`."""
         if not self.has_endpoints:
             raise ValueError("this model has no fidelity/realism endpoints (model.endpoints is not set)")
         return (self.endpoint_step("fidelity", lq, knob, batch=batch).sr,

@@ -27,21 +27,19 @@ reproduces that.
 
 Inference knob: an integer t, a preset (``fidelity`` / ``neutral`` / ``realism`` = the smallest /
 middle / largest group timestep: 250/500/750 under the paper grouping), or ``adaptive``: the
-metric estimated by a trained MEM (:mod:`lit_sr.mem`, ``mem_weights``) picks the group per image.
+metric estimated by a trained MEM (:mod:`lit_sr.model.mem`, ``mem_weights``) picks the group per image.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from lit_sr.noise.base import NoiseContext, NoiseStrategy
-from lit_sr.noise.rgpa import parse_timestep
-
-if TYPE_CHECKING:
-    from lit_sr.mem import MetricEstimator
+from lit_sr.model.mem import MetricEstimator, load_mem
+from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
+from lit_sr.model.noise.rgpa import parse_timestep
 
 PRESETS = ("fidelity", "neutral", "realism")
 _EDGE_TOL = 1e-6
@@ -105,8 +103,6 @@ class LDGNoise(NoiseStrategy):
         # exports and checkpoints do not depend on whether one is used. Moved to the input's device on use.
         self._mem: tuple[MetricEstimator, ...] = ()
         if mem_weights:
-            from lit_sr.mem import load_mem  # lazy: lit_sr.mem pulls in Lightning
-
             self._mem = (load_mem(mem_weights),)
         self.default_knob = self.parse_knob(default_knob, check_range=False)
 
@@ -126,12 +122,6 @@ class LDGNoise(NoiseStrategy):
     @property
     def mem(self) -> MetricEstimator | None:
         return self._mem[0] if self._mem else None
-
-    def set_mem(self, estimator: MetricEstimator | None) -> None:
-        """Use ``estimator`` for ``knob=adaptive`` (None: none)."""
-        if estimator is not None:
-            estimator.requires_grad_(False).eval()
-        self._mem = (estimator,) if estimator is not None else ()
 
     def group_index(self, metric: torch.Tensor) -> torch.Tensor:
         """(B,) long group per metric value: 0 = lowest similarity (largest t)."""

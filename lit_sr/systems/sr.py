@@ -37,11 +37,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from lit_sr import lora as lora_lib
-from lit_sr.blend import blend
-from lit_sr.generator import OneStepSR
-from lit_sr.output import SROutput
-from lit_sr.stages import MODULE_KEYS, Stage, StageSchedule, parse_stages
+from lit_sr.model import adapters as lora_lib
+from lit_sr.model.blend import blend
+from lit_sr.model.generator import OneStepSR
+from lit_sr.model.output import SROutput
+from lit_sr.systems.stages import MODULE_KEYS, Stage, StageSchedule, parse_stages
 from losses.base import LossTerm
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class SRSystem(L.LightningModule):
         val_metrics: metric suite updated in validation.
         seed: seed of the per-rank noise generator.
         config: the plain composed config (stored as hyperparameters).
-        stages: the ``stages`` config node (list of mappings, see :mod:`lit_sr.stages`); None or
+        stages: the ``stages`` config node (list of mappings, see :mod:`lit_sr.systems.stages`); None or
             empty: one implicit stage training everything.
         backbone: pretrained parts handed to ``attach`` of terms that ask for it (VSD's
             negative-prompt embedding); not kept.
@@ -215,10 +215,6 @@ class SRSystem(L.LightningModule):
             self.enter_stage(index)
 
     # ------------------------------------------------------------------ setup
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The generator parameters trained in the current stage."""
-        return [p for p in self.generator.parameters() if p.requires_grad]
-
     def configure_optimizers(self):
         trained = []  # units trained in some stage, in a fixed order → stable optimizer layout
         for stage in self.schedule.stages:

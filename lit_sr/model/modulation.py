@@ -7,7 +7,7 @@ LQFM feeds the *uncompressed* LQ straight to the first UNet features instead:
       ─SFT (two small conv branches)→ (γ, β), each with conv_in's output channels
 
 and the generator applies ``h ← h·(1 + λ_t·γ) + λ_t·β`` right after ``unet.conv_in`` with
-λ_t = 1/w_t from the noise strategy (see :meth:`lit_sr.generator.OneStepSR.modulation_maps`).
+λ_t = 1/w_t from the noise strategy (see :meth:`lit_sr.model.generator.OneStepSR.modulation_maps`).
 The last conv of each branch starts at zero, so an untrained LQFM leaves the UNet unchanged.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from lit_sr.errors import WeightsError
-from lit_sr.generator import OneStepSR
+from lit_sr.model.generator import OneStepSR
 
 STATE_FILE = "lit_sr_state.safetensors"
 CONFIG_FILE = "config.yaml"

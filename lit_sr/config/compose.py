@@ -23,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lit_sr.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "train", conf_dir: str | Path | None = None,
@@ -187,7 +187,7 @@ def validate(cfg: DictConfig, top_level: set[str] | None = None) -> None:
 
         check_kwargs(lightning.Trainer.__init__, OmegaConf.to_container(cfg.trainer), "trainer")
     if "model" in cfg:
-        from lit_sr.generator import OneStepSR
+        from lit_sr.model.generator import OneStepSR
 
         check_kwargs(OneStepSR, OmegaConf.to_container(cfg.model), "model")
     if "optim" in cfg:
@@ -198,7 +198,7 @@ def validate(cfg: DictConfig, top_level: set[str] | None = None) -> None:
         if not float(cfg.optim.lr) > 0:
             raise ConfigError(f"bad value for 'optim.lr': {cfg.optim.lr} (must be > 0)")
     if "lora" in cfg and cfg.lora is not None:
-        from lit_sr.lora import LoRASpec
+        from lit_sr.model.adapters import LoRASpec
 
         for part in cfg.lora:
             if part not in ("unet", "vae"):
@@ -206,14 +206,14 @@ def validate(cfg: DictConfig, top_level: set[str] | None = None) -> None:
             for name, spec in (cfg.lora[part] or {}).items():
                 check_kwargs(LoRASpec, OmegaConf.to_container(spec), f"lora.{part}.{name}")
     if cfg.get("stages") is not None:
-        from lit_sr.stages import check_stages
+        from lit_sr.systems.stages import check_stages
 
         check_stages(cfg)
     check_combinations(cfg)
 
 
 def _validate_mem(node: DictConfig) -> None:
-    """The ``mem`` node of the MEM experiment (RCOD's metric estimator, see :mod:`lit_sr.mem`)."""
+    """The ``mem`` node of the MEM experiment (RCOD's metric estimator, see :mod:`lit_sr.model.mem`)."""
     allowed = {"generator_export", "generator_overrides", "estimator", "lr", "weight_decay"}
     for k in node:
         if k not in allowed:

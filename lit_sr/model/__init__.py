@@ -1,0 +1,1 @@
+"""The model side: plain nn.Modules and their file formats (no Lightning systems, no callbacks)."""
