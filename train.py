@@ -1,4 +1,4 @@
-"""Train a one-step super-resolver: compose config → seed → data, system, callbacks, trainer → fit.
+"""Train a one-step super-resolver: compose config → seed → data, system, callbacks, loggers, trainer → fit.
 
     python train.py                                   # CPU default: tiny backbone, bundled photos
     python train.py noise=uniform trainer.max_steps=20 data.batch_size=2
@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from callbacks.adapter_export import AdapterExport
-from callbacks.metrics_file import MetricsFile
-from callbacks.sample_images import SampleImages
-from lit_sr.config.build import build_datamodule, build_extra_callbacks, build_mem_system, build_system, trainer_kwargs
+from lit_sr.config.build import build_callbacks, build_datamodule, build_loggers, trainer_kwargs
 from lit_sr.config.compose import compose
+from lit_sr.config.systems import build_system
 from lit_sr.errors import LitSRError
 
 
@@ -28,24 +23,12 @@ def run(overrides: list[str]) -> L.Trainer:
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    run_dir = Path(cfg.run_dir)
     datamodule = build_datamodule(cfg)
-    system = build_mem_system(cfg) if cfg.get("mem") else build_system(cfg)  # experiment=mem trains RCOD's MEM
-    callbacks = [
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0 if cfg.val is None else 1,
-                        monitor="val/psnr" if "psnr" in (cfg.val or {}).get("metrics", []) else None, mode="max"),
-        MetricsFile(run_dir / "metrics.json"),
-        SampleImages(run_dir / "samples", cfg.val.num_sample_images),
-        LearningRateMonitor(),
-        *build_extra_callbacks(cfg),
-    ]
-    if cfg.export.enabled:
-        callbacks.append(AdapterExport(run_dir / "adapter"))
-    if cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar())
-    loggers = [TensorBoardLogger(run_dir, name="tb", version=""), CSVLogger(run_dir, name="csv", version="")]
-    trainer = L.Trainer(**trainer_kwargs(cfg, system), callbacks=callbacks, logger=loggers,
-                        default_root_dir=run_dir, use_distributed_sampler=True)
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg)
+    system = build_system(cfg)  # the heavy part: backbone and generator
+    trainer = L.Trainer(**trainer_kwargs(cfg, system), callbacks=callbacks, logger=loggers or False,
+                        default_root_dir=cfg.run_dir, use_distributed_sampler=True)
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     return trainer
 

@@ -12,10 +12,13 @@ log = logging.getLogger(__name__)
 
 
 class AdapterExport(L.Callback):
-    def __init__(self, out_dir: str | Path) -> None:
+    """Writes ``out_dir`` when fitting ends (``enabled=False``: nothing, e.g. ``export.enabled=false``)."""
+
+    def __init__(self, out_dir: str | Path, enabled: bool = True) -> None:
         self.out_dir = Path(out_dir)
+        self.enabled = bool(enabled)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+        if self.enabled and trainer.is_global_zero:
             path = export_adapter(pl_module.generator, self.out_dir, pl_module.config)
             log.info("exported adapter to %s", path)

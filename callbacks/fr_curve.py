@@ -34,7 +34,8 @@ from lit_sr.errors import ConfigError
 from lit_sr.metrics.sweep import KnobSweep, SweepPoint, SweepScores, seeded
 from lit_sr.metrics.table import Table
 from lit_sr.metrics.hypervolume import curve_hypervolume
-from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite
+from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
+from lit_sr.model.facts import Checked, RunFacts
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ DEFAULT_REFERENCE: dict[str, float] = {
 }
 
 
-class FidelityRealismCurve(L.Callback):
+class FidelityRealismCurve(Checked, L.Callback):
     """Knob sweep on the validation set with a fidelity–realism plot and its hypervolume.
 
     Args:
@@ -62,7 +63,7 @@ class FidelityRealismCurve(L.Callback):
             (default: :data:`DEFAULT_REFERENCE`).
         max_images: score only the first N validation images (None: all).
         seed: seed of the noise strategies draw at inference, so runs see the same noise.
-        crop_border, y_channel, *_weights, allow_random_weights: as :class:`MetricSuite`.
+        crop_border, y_channel, weights: as :class:`MetricSuite` (``weights``: :class:`MetricWeights`).
     """
 
     def __init__(
@@ -79,11 +80,7 @@ class FidelityRealismCurve(L.Callback):
         seed: int | None = 0,
         crop_border: int | None = None,
         y_channel: bool = True,
-        vgg_weights: str | None = None,
-        lpips_weights: str | None = None,
-        dists_weights: str | None = None,
-        pyiqa_weights_dir: str | None = None,
-        allow_random_weights: bool = False,
+        weights: MetricWeights | None = None,
     ) -> None:
         for key, name in (("fidelity", fidelity), ("realism", realism)):
             if name not in METRIC_NAMES:
@@ -105,13 +102,20 @@ class FidelityRealismCurve(L.Callback):
             DEFAULT_REFERENCE[fidelity], DEFAULT_REFERENCE[realism]]
         self.max_images = max_images
         self.seed = seed
-        self.suite_kwargs = dict(crop_border=crop_border, y_channel=y_channel, vgg_weights=vgg_weights,
-                                 lpips_weights=lpips_weights, dists_weights=dists_weights,
-                                 pyiqa_weights_dir=pyiqa_weights_dir, allow_random_weights=allow_random_weights)
+        self.suite_kwargs = dict(crop_border=crop_border, y_channel=y_channel, weights=weights)
         self.suite: MetricSuite | None = None
         self.sweep: KnobSweep | None = None
         self.history: list[dict] = []
         self._last_epoch: int | None = None
+
+    @classmethod
+    def requires(cls, node, facts: RunFacts) -> str | None:
+        if not facts.noise_has_knob and not facts.endpoints:
+            return ("callbacks.fr_curve sweeps a fidelity-realism control, and this model has none: use a noise "
+                    "strategy with a knob (noise=rgpa or noise=ldg) or fidelity/realism endpoints (model.endpoints)")
+        if not facts.has_val:
+            return "callbacks.fr_curve runs on the validation set: val must not be null"
+        return None
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lit_sr.errors import LitSRError
-from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite
+from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
 from lit_sr.metrics.sweep import DEFAULT_GAMMAS, KnobSweep, SweepScores, seeded
 from lit_sr.metrics.table import LABELS, Table
 
@@ -118,11 +118,10 @@ def _suite(args: argparse.Namespace, scale: int, has_hq: bool, device: torch.dev
     if unknown:
         raise LitSRError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
     skipped = {n: f"{LABELS[n]} needs HQ images (--hq-dir)" for n in names if n in FULL_REFERENCE and not has_hq}
-    suite = MetricSuite(
-        [n for n in names if n not in skipped], scale=scale, crop_border=args.crop_border, y_channel=args.y_channel,
-        vgg_weights=args.vgg_weights, lpips_weights=args.lpips_weights, dists_weights=args.dists_weights,
-        pyiqa_weights_dir=args.pyiqa_weights_dir, allow_random_weights=args.allow_random_weights,
-    ).to(device).eval()
+    weights = MetricWeights(vgg=args.vgg_weights, lpips=args.lpips_weights, dists=args.dists_weights,
+                            pyiqa_dir=args.pyiqa_weights_dir, allow_random=args.allow_random_weights)
+    suite = MetricSuite([n for n in names if n not in skipped], scale=scale, crop_border=args.crop_border,
+                        y_channel=args.y_channel, weights=weights).to(device).eval()
     unavailable = {**suite.unavailable, **skipped}
     return suite, {n: unavailable[n] for n in names if n in unavailable}
 

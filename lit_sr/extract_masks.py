@@ -26,12 +26,11 @@ from datamodules.mask_cache import MaskCache
 from lit_sr.systems.extract import MaskExtractor
 from lit_sr.config.build import build_component
 from lit_sr.config.compose import CONF_DIR, compose
+from lit_sr.config.schema import ExtractConfig
 from lit_sr.errors import ConfigError, LitSRError
 
 log = logging.getLogger(__name__)
 
-TOP_LEVEL = {"tagger", "grounding", "nouns", "trainer", "image_dirs", "cache_dir", "batch_size", "num_workers",
-             "max_side", "mask_max_side", "max_nouns", "verify", "seed"}
 GROUPS = tuple(sorted(p.name for p in (CONF_DIR / "extract").glob("*") if p.is_dir()))
 
 
@@ -43,14 +42,9 @@ def compose_extract(overrides: list[str] | None = None) -> DictConfig:
         # Hydra names a group placed at another package "extract/tagger@tagger"; accept the short name.
         rewritten.append(f"extract/{key}@{key}={value}" if sep and key in GROUPS else item)
     try:
-        cfg = compose(rewritten, config_name="extract", top_level=TOP_LEVEL)
+        return compose(rewritten, config_name="extract", schema=ExtractConfig)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("extract/", "")) from None
-    if cfg.cache_dir in (None, ""):
-        raise ConfigError("missing value for 'cache_dir' (the mask cache folder)")
-    if int(cfg.max_nouns) < 1 or int(cfg.mask_max_side) < 8 or int(cfg.max_side) < 32:
-        raise ConfigError("bad value: max_nouns must be >= 1, mask_max_side >= 8 and max_side >= 32")
-    return cfg
 
 
 # ------------------------------------------------------------------------------ entry point

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lit_sr.model import attention_capture
 from lit_sr.errors import ConfigError
+from lit_sr.model.facts import RunFacts
 from lit_sr.model.output import SROutput
 from losses.base import LossTerm
 
@@ -91,24 +92,20 @@ class CoMatLoss(LossTerm):
         self.last: dict = {}  # the latest components, for logging (tensors: no device sync here)
         self._index_cache: dict[tuple[str, str], list[int]] = {}
 
-    @staticmethod
-    def requires(cfg) -> str | None:
-        from lit_sr.config.compose import resolve_target
-
-        cond = cfg.get("conditioning")
-        cls = resolve_target(str(cond._target_), "conditioning") if cond is not None and "_target_" in cond else None
-        if not getattr(cls, "uses_text", False):
+    @classmethod
+    def requires(cls, node, facts: RunFacts) -> str | None:
+        if not facts.conditioning_uses_text:
             return "loss.terms.comat (TMG) needs per-image text prompts: set conditioning=text"
-        if not (cfg.get("data") or {}).get("mask_cache"):
+        if not facts.mask_cache:
             return ("loss.terms.comat (TMG) needs noun masks: set data.mask_cache=<folder> "
                     "(build it with python -m lit_sr.extract_masks)")
         return None
 
     # ------------------------------------------------------------------ wiring
-    def attach(self, generator, tokenizer=None) -> None:
+    def attach(self, generator, backbone=None) -> None:
         """Install cross-attention capture on ``generator.unet`` and take the prompt tokenizer."""
-        conditioner = getattr(generator, "conditioner", None)
-        tokenizer = tokenizer or getattr(conditioner, "tokenizer", None)
+        conditioner = generator.conditioner
+        tokenizer = getattr(conditioner, "tokenizer", None) or getattr(backbone, "tokenizer", None)
         if tokenizer is None:
             raise ConfigError("loss.terms.comat (TMG) needs the text conditioner's tokenizer: set conditioning=text")
         self.detach()
@@ -125,9 +122,9 @@ class CoMatLoss(LossTerm):
 
     # ------------------------------------------------------------------ loss
     def _prompts(self, batch: dict, n: int) -> list[str]:
-        prompts_for = getattr(self._conditioner, "prompts_for", None)
-        if callable(prompts_for):
-            return prompts_for(batch, n)
+        prompts = self._conditioner.prompts_for(batch, n)
+        if prompts is not None:
+            return prompts
         prompts = batch.get("prompt")
         if prompts is None:
             raise ValueError("CoMat: the batch has no 'prompt' (enable the mask cache: data.mask_cache)")
@@ -155,7 +152,7 @@ class CoMatLoss(LossTerm):
         for key in ("masks", "mask_valid", "nouns"):
             if key not in batch:
                 raise ValueError(f"CoMat: the batch has no {key!r} (set data.mask_cache so the data carries noun masks)")
-        record = self._store.take(out.extras.get("z_in"))
+        record = self._store.take(out.z_in)
         if record is None or not record.layers:
             raise RuntimeError("CoMat: no cross-attention was captured for this generator pass (the UNet ran "
                                "without gradients, tiled (model.tile_latent), or no attn2 layer fits loss.terms.comat.downsample)")

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from lit_sr.model.output import SROutput
-from losses.base import LossTerm
+from losses.base import LossTerm, OptimizerFactory
 
 
 class PatchDiscriminator(nn.Module):
@@ -48,7 +48,8 @@ class GANLoss(LossTerm):
     Args:
         loss_type: ``hinge`` or ``nonsaturating``.
         channels, num_layers: discriminator width and depth.
-        lr, betas, weight_decay, grad_clip: the discriminator's AdamW.
+        optimizer, grad_clip: the discriminator's optimizer partial (default: AdamW, lr 5e-5,
+            weight decay 1e-2) and gradient-norm clip.
     """
 
     def __init__(
@@ -57,18 +58,14 @@ class GANLoss(LossTerm):
         loss_type: Literal["hinge", "nonsaturating"] = "hinge",
         channels: int = 64,
         num_layers: int = 3,
-        lr: float = 5e-5,
-        betas: tuple[float, float] | list[float] = (0.9, 0.999),
-        weight_decay: float = 1e-2,
+        optimizer: OptimizerFactory | None = None,
         grad_clip: float | None = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, optimizer, grad_clip)
         if loss_type not in ("hinge", "nonsaturating"):
             raise ValueError(f"loss_type must be 'hinge' or 'nonsaturating', got {loss_type!r}")
         self.loss_type = loss_type
-        self.lr, self.betas, self.weight_decay = float(lr), tuple(float(b) for b in betas), float(weight_decay)
-        self.grad_clip = grad_clip
         with torch.random.fork_rng(devices=[]):  # a seeded init that leaves the global RNG alone
             torch.manual_seed(seed)
             self.discriminator = PatchDiscriminator(channels, num_layers)
@@ -77,7 +74,9 @@ class GANLoss(LossTerm):
         return list(self.discriminator.parameters())
 
     def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        if self.optimizer_factory is None:
+            return torch.optim.AdamW(params, lr=5e-5, weight_decay=1e-2)
+        return self.optimizer_factory(params)
 
     def forward(self, out: SROutput, batch: dict) -> torch.Tensor:
         logits = self.discriminator(out.sr.float())
@@ -85,7 +84,7 @@ class GANLoss(LossTerm):
             return -logits.mean()
         return F.softplus(-logits).mean()
 
-    def aux_loss(self, out: SROutput, batch: dict, system=None) -> torch.Tensor:
+    def aux_loss(self, out: SROutput, batch: dict) -> torch.Tensor:
         real = self.discriminator(batch["hq"].float())
         fake = self.discriminator(out.sr.detach().float())
         if self.loss_type == "hinge":

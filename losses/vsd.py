@@ -14,27 +14,30 @@ is ``mse_scale · 2/N · (x0_fake − x0_real)/w`` (N = ẑ.numel()); OSEDiff's 
 ``F.mse_loss`` (``mse_scale = 1``), DMD2's uses 0.5.
 
 DAS (RCOD, eq. 7): with ``das.enabled`` the timestep range follows the generator's own timestep
-per sample, t_r ~ U[max(t_min, t−k), min(t_max, t+k)].
+per sample, t_r ~ U[max(t_min, t−k), min(t_max, t+k)). Both ranges are half-open at ``t_max``
+(OSEDiff's ``randint(20, 980)`` never draws 980), so DAS never leaves the plain range.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_sr.model import adapters as lora_lib
 from lit_sr.errors import ConfigError
+from lit_sr.model.adapters import OSEDIFF_UNET_TARGETS, LoRASpec, as_spec
+from lit_sr.model.conditioning.null import encode_prompts
 from lit_sr.model.output import SROutput
-from losses.base import LossTerm
+from losses.base import LossTerm, OptimizerFactory
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_fake_lora() -> dict:
     """OSEDiff's fake-score LoRA: the generator's targets at rank 4."""
-    return {"rank": 4, "target_modules": list(lora_lib.OSEDIFF_UNET_TARGETS)}
+    return {"rank": 4, "target_modules": list(OSEDIFF_UNET_TARGETS)}
 
 
 class VSDLoss(LossTerm):
@@ -44,17 +47,16 @@ class VSDLoss(LossTerm):
         cfg_scale: classifier-free guidance scale of the real score (OSEDiff: 7.5).
         negative_prompt: text of the unconditional branch (OSEDiff's README passes a long
             negative prompt; its code default is ""). null: the conditioner's own negative prompt
-            when it has ``negative_embedding()`` (conditioning=text), else "". The embedding comes
-            from that conditioner method (prompts agreeing), else the backbone's text encoder at
-            attach, else the empty-prompt conditioner's cached embedding (prompts agreeing).
+            (conditioning=text), else "". Embedded by the conditioner when it can
+            (:meth:`Conditioner.prompt_embedding`), else by the backbone's text encoder at attach.
         t_min, t_max: timestep range [t_min, t_max) of the real/fake scores (OSEDiff: 20, 980).
         das: ``{enabled, k}`` — RCOD's degradation-aware sampling around the generator's t.
         real_dtype: ``fp32`` or ``bf16``/``fp16`` — autocast precision of the real score pass.
         mse_scale: factor on the MSE (1.0 as OSEDiff; 0.5 as DMD2).
         fake_lora: LoRA spec of the fake score adapter (rank, alpha, target_modules).
         adapter_name: name of the fake adapter on the generator's UNet.
-        lr, betas, weight_decay, grad_clip: the fake adapter's optimizer (OSEDiff: AdamW, 5e-5,
-            weight decay 1e-2, gradient norm clipped at 1).
+        optimizer, grad_clip: the fake adapter's optimizer partial and gradient-norm clip (OSEDiff:
+            AdamW, 5e-5, weight decay 1e-2, clipped at 1; the default when ``optimizer`` is None).
         aux_weight: weight of the fake score's ε-MSE (OSEDiff's ``lambda_vsd_lora``).
     """
 
@@ -70,13 +72,11 @@ class VSDLoss(LossTerm):
         mse_scale: float = 1.0,
         fake_lora: dict | None = None,
         adapter_name: str = "vsd_fake",
-        lr: float = 5e-5,
-        betas: tuple[float, float] | list[float] = (0.9, 0.999),
-        weight_decay: float = 1e-2,
+        optimizer: OptimizerFactory | None = None,
         grad_clip: float | None = 1.0,
         aux_weight: float = 1.0,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, optimizer, grad_clip)
         if not 0 <= t_min < t_max:
             raise ValueError(f"need 0 <= t_min < t_max, got t_min={t_min}, t_max={t_max}")
         if real_dtype not in _DTYPES:
@@ -94,29 +94,23 @@ class VSDLoss(LossTerm):
         self.t_min, self.t_max = int(t_min), int(t_max)
         self.real_dtype = real_dtype
         self.mse_scale = float(mse_scale)
-        self.fake_spec = lora_lib.as_spec(fake_lora if fake_lora is not None else default_fake_lora())
+        self.fake_spec = as_spec(fake_lora if fake_lora is not None else default_fake_lora())
         self.adapter_name = str(adapter_name)
-        self.lr, self.betas, self.weight_decay = float(lr), tuple(float(b) for b in betas), float(weight_decay)
-        self.grad_clip = grad_clip
         self.aux_weight = float(aux_weight)
         self._generator: tuple = ()  # a reference, not a submodule: the UNet belongs to the generator
         self.register_buffer("negative_embedding", torch.empty(0), persistent=False)
 
     # ------------------------------------------------------------------ wiring
     @classmethod
-    def generator_adapters(cls, node: dict) -> dict[str, lora_lib.LoRASpec]:
-        """Adapters this term adds to the generator's UNet (created at build time for stable keys)."""
+    def generator_adapters(cls, node: Any) -> dict[str, LoRASpec]:
         spec = node.get("fake_lora")
-        return {str(node.get("adapter_name", "vsd_fake")): lora_lib.as_spec(spec if spec is not None else default_fake_lora())}
+        return {str(node.get("adapter_name", "vsd_fake")): as_spec(spec if spec is not None else default_fake_lora())}
 
     def attach(self, generator, backbone=None) -> None:
         """Bind to the generator's UNet (adding the fake adapter if missing) and embed the negative prompt."""
         self._generator = (generator,)
-        unet = generator.unet
-        if self.adapter_name not in lora_lib.adapter_names(unet):
-            add_inactive_adapter(generator, self.adapter_name, self.fake_spec)
-        for p in self.own_parameters():
-            p.requires_grad_(False)  # trained only inside the system's aux phase
+        if self.adapter_name not in generator.adapters.names("unet"):
+            generator.adapters.add("unet", self.adapter_name, self.fake_spec)  # inactive and frozen
         self.negative_embedding = self._embed_negative(generator, backbone).detach().float()
 
     @property
@@ -126,29 +120,27 @@ class VSDLoss(LossTerm):
         return self._generator[0]
 
     def _embed_negative(self, generator, backbone) -> torch.Tensor:
-        """(1 or B, L, D) unconditional embedding; see the class docstring for the order tried."""
-        cond, prompt = generator.conditioner, self.negative_prompt
-        fn = getattr(cond, "negative_embedding", None)
-        if callable(fn) and (prompt is None or prompt == getattr(cond, "negative_prompt", prompt)):
-            return fn()
-        prompt = prompt or ""
-        if backbone is not None and getattr(backbone, "text_encoder", None) is not None and backbone.tokenizer is not None:
-            from lit_sr.model.conditioning.null import encode_prompts
-
-            return encode_prompts(backbone.text_encoder, backbone.tokenizer, [prompt])
-        # The empty-prompt conditioner caches exactly this embedding when the prompts agree.
-        if getattr(cond, "prompt", None) == prompt and getattr(cond, "embedding", torch.empty(0)).numel():
-            return cond.embedding
-        raise ConfigError("loss.terms.vsd: cannot embed negative_prompt: needs the backbone's text encoder "
-                          "(backbone.text_encoder=true) or a conditioner with negative_embedding()")
+        """(1, L, D) unconditional embedding: from the conditioner when it can embed the prompt, else
+        from the backbone's text encoder."""
+        cond = generator.conditioner
+        prompt = self.negative_prompt if self.negative_prompt is not None else (cond.negative_prompt or "")
+        emb = cond.prompt_embedding(prompt)
+        if emb is None and backbone is not None and backbone.text_encoder is not None and backbone.tokenizer is not None:
+            emb = encode_prompts(backbone.text_encoder, backbone.tokenizer, [prompt])
+        if emb is None:
+            raise ConfigError("loss.terms.vsd: cannot embed negative_prompt: needs the backbone's text encoder "
+                              "(backbone.text_encoder=true) or a text conditioner")
+        return emb
 
     def own_parameters(self) -> list[nn.Parameter]:
         if not self._generator:
             return []
-        return list(lora_lib.adapter_parameters(self.generator.unet, self.adapter_name).values())
+        return list(self.generator.adapters.parameters("unet", self.adapter_name).values())
 
     def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        if self.optimizer_factory is None:  # OSEDiff's fake-score optimizer
+            return torch.optim.AdamW(params, lr=5e-5, weight_decay=1e-2)
+        return self.optimizer_factory(params)
 
     # ------------------------------------------------------------------ pieces
     def sample_timesteps(self, t_gen: torch.Tensor | None, batch_size: int, device: torch.device,
@@ -158,7 +150,7 @@ class VSDLoss(LossTerm):
         if not self.das_enabled or t_gen is None:
             return (self.t_min + (u * (self.t_max - self.t_min)).floor()).long().clamp_max(self.t_max - 1)
         t = t_gen.to(device).long().reshape(-1).expand(batch_size) if t_gen.numel() == 1 else t_gen.to(device).long()
-        hi = (t + self.das_k).clamp(max=self.t_max)
+        hi = (t + self.das_k).clamp(max=self.t_max - 1)  # inclusive end, inside the plain range [t_min, t_max)
         lo = torch.minimum((t - self.das_k).clamp(min=self.t_min), hi)  # t far outside the range: its nearest end
         return (lo + (u * (hi - lo + 1)).floor().long()).clamp(max=hi)
 
@@ -176,7 +168,7 @@ class VSDLoss(LossTerm):
         neg = neg.expand(b, -1, -1) if neg.shape[0] == 1 else neg
         dtype = _DTYPES[self.real_dtype]
         cast = torch.autocast(z_t.device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with self._adapters([]), cast:
+        with self.generator.adapters.using(unet=[]), cast:
             if neg.shape[1:] == ehs.shape[1:]:  # one batched call for both branches
                 eps_u, eps_c = self._unet(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, ehs])).chunk(2)
             else:  # e.g. visual-token conditioning longer than the 77 text tokens
@@ -185,51 +177,8 @@ class VSDLoss(LossTerm):
 
     def fake_eps(self, z_t: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
         """ε of the fake score network (only the fake adapter active)."""
-        with self._adapters([self.adapter_name]):
+        with self.generator.adapters.using(unet=[self.adapter_name]):
             return self._unet(z_t, t, ehs)
-
-    @contextmanager
-    def _adapters(self, names: list[str]):
-        """Switch the UNet's active adapters for one score pass; requires_grad flags are untouched.
-
-        peft's switching (``set_adapter``/``disable_adapters``) walks every module and rewrites
-        ``requires_grad`` (disabling freezes every LoRA weight, which would silently freeze the
-        generator's adapters) and costs tens of ms per switch. The score passes only need each
-        tuner layer's active set and disabled flag, so those two are swapped directly and restored
-        exactly; without such layers (another peft) the generator's own switch is used.
-        """
-        layers = self._tuner_layers()
-        if layers is None:
-            flags = [(p, p.requires_grad) for p in self.generator.unet.parameters()]
-            try:
-                with self.generator.adapters(names, None):
-                    yield
-            finally:
-                for p, flag in flags:
-                    p.requires_grad_(flag)
-            return
-        saved = [(layer, layer._active_adapter, layer._disable_adapters) for layer in layers]
-        try:
-            for layer in layers:
-                layer._disable_adapters = not names
-                if names:
-                    layer._active_adapter = list(names)
-            yield
-        finally:
-            for layer, active, disabled in saved:
-                layer._active_adapter, layer._disable_adapters = active, disabled
-
-    def _tuner_layers(self) -> list | None:
-        unet = self.generator.unet
-        cached = self.__dict__.get("_layers")
-        if cached is None or cached[0] is not unet:
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
-            ok = layers and all(hasattr(m, "_active_adapter") and hasattr(m, "_disable_adapters") for m in layers)
-            cached = (unet, layers if ok else None)
-            self.__dict__["_layers"] = cached
-        return cached[1]
 
     @torch.no_grad()
     def score_targets(self, z: torch.Tensor, ehs: torch.Tensor, t: torch.Tensor,
@@ -255,7 +204,7 @@ class VSDLoss(LossTerm):
         target = z.detach().float() - (x0_fake - x0_real) / w
         return self.mse_scale * F.mse_loss(z.float(), target)
 
-    def aux_loss(self, out: SROutput, batch: dict, system=None) -> torch.Tensor:
+    def aux_loss(self, out: SROutput, batch: dict) -> torch.Tensor:
         """The fake score's ε-MSE on sg(ẑ) noised at t ~ U[0, T) (OSEDiff's ``diff_loss``)."""
         z = out.z_hat.detach().float()
         rng = batch.get("rng")
@@ -271,16 +220,3 @@ class VSDLoss(LossTerm):
         return (f"cfg_scale={self.cfg_scale}, t=[{self.t_min}, {self.t_max}), das={self.das_enabled} (k={self.das_k}), "
                 f"adapter={self.adapter_name!r}, rank={self.fake_spec.rank}, real_dtype={self.real_dtype}")
 
-
-def add_inactive_adapter(generator, name: str, spec: lora_lib.LoRASpec) -> None:
-    """Add a UNet adapter without changing which adapters are active or trainable.
-
-    diffusers' ``add_adapter`` activates the new adapter alone and peft flips ``requires_grad``;
-    both are restored here, and the new adapter starts frozen.
-    """
-    unet = generator.unet
-    flags = {n: p.requires_grad for n, p in unet.named_parameters()}
-    lora_lib.add_adapter(unet, name, spec)
-    generator.use_adapters(generator.active_unet, getattr(generator, "active_vae", None))
-    for n, p in unet.named_parameters():
-        p.requires_grad_(flags.get(n, False))

@@ -93,7 +93,7 @@ def test_capture_keeps_outputs_and_records_only_with_gradients(make_cfg, tiny_bb
     assert len(store.records) == 0  # validation-like passes are not captured
     out = g.step(lq, batch=batch)
     torch.testing.assert_close(out.sr.detach(), ref, rtol=1e-4, atol=1e-4)  # explicit softmax == SDPA
-    rec = store.take(out.extras["z_in"])
+    rec = store.take(out.z_in)
     assert list(rec.layers) == ["mid_block.attentions.0.transformer_blocks.0.attn2"]
     layer = rec.layers["mid_block.attentions.0.transformer_blocks.0.attn2"]
     assert layer.size == (4, 4) and layer.probs.shape == (2, 16, 77)  # 32 px → 8² latent → 4² mid block
@@ -152,11 +152,12 @@ def test_no_usable_noun_gives_zero_with_a_graph(make_cfg, tiny_bb):
     loss.detach()
 
 
-def test_requires_text_conditioning_and_a_mask_cache():
-    base = {"backbone": {"text_encoder": True}, "data": {"mask_cache": "/cache"}}
-    text = {"_target_": "lit_sr.model.conditioning.text.TextConditioner"}
-    empty = {"_target_": "lit_sr.model.conditioning.null.NullConditioner"}
-    assert CoMatLoss.requires(OmegaConf.create({**base, "conditioning": text})) is None
-    assert "conditioning=text" in CoMatLoss.requires(OmegaConf.create({**base, "conditioning": empty}))
-    no_cache = OmegaConf.create({"conditioning": text, "data": {"mask_cache": None}})
-    assert "data.mask_cache" in CoMatLoss.requires(no_cache)
+def test_requires_text_conditioning_and_a_mask_cache(make_cfg):
+    from lit_sr.config.compose import facts_of
+
+    text = facts_of(make_cfg("conditioning=text", "data.mask_cache=/cache"))
+    empty = facts_of(make_cfg("conditioning=empty", "data.mask_cache=/cache"))
+    no_cache = facts_of(make_cfg("conditioning=text"))
+    assert CoMatLoss.requires(None, text) is None
+    assert "conditioning=text" in CoMatLoss.requires(None, empty)
+    assert "data.mask_cache" in CoMatLoss.requires(None, no_cache)

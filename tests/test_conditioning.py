@@ -133,7 +133,7 @@ def test_text_without_text_encoder_is_rejected(make_cfg):
 
 def test_validation_and_sweeps_use_per_image_prompts(make_cfg, tiny_bb, tmp_path, monkeypatch):
     """Validation, fr-curve/evaluate sweeps and inference pass the batch, so a prompt file applies there too."""
-    from lit_sr.config.build import build_system
+    from lit_sr.config.systems import build_system
     from lit_sr.metrics.sweep import KnobSweep
 
     prompts = tmp_path / "prompts.json"

@@ -14,7 +14,10 @@ from lit_sr.errors import ConfigError, WeightsError
 
 ROOT = Path(__file__).resolve().parent.parent
 # Choices that only make sense together with another setting (checked by their own tests).
-NEEDS = {("conditioning", "vpim"): ["backbone.vision_encoder=true"]}
+NEEDS = {("conditioning", "vpim"): ["backbone.vision_encoder=true"],
+         ("callbacks", "fr_curve"): ["noise=rgpa"],
+         ("checkpoint", "hypervolume"): ["callbacks=fr_curve", "noise=rgpa"],
+         ("checkpoint", "last"): ["val=null"]}
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 
@@ -44,6 +47,25 @@ def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb, tmp_
         assert build_losses(cfg)
     elif group in ("data", "degradation"):
         assert build_datamodule(cfg) is not None
+    elif group == "system":
+        from lit_sr.config.systems import build_system
+
+        if choice == "mem":  # needs a trained generator: the MEM experiment's node
+            with pytest.raises(ConfigError, match="experiment=mem"):
+                build_system(cfg, backbone=tiny_bb)
+        else:
+            assert build_system(cfg, backbone=tiny_bb).generator is not None
+    elif group == "logger":
+        import importlib.util
+
+        from lit_sr.config.build import build_loggers
+
+        missing = [pkg for pkg in ("wandb", "mlflow") if choice == pkg and importlib.util.find_spec(pkg) is None]
+        if missing:  # an optional backend that is not installed: one line saying so
+            with pytest.raises(ConfigError, match=f"logger.{choice}: .*{missing[0]}"):
+                build_loggers(cfg)
+        else:
+            assert all(lg is not None for lg in build_loggers(cfg))
     elif group == "trainer":
         import lightning
 

@@ -51,7 +51,7 @@ def test_diffusers_pipeline_loads_exported_lora(make_cfg, tiny_bb, tmp_path):
     with torch.no_grad():
         ours = generator.unet(z, t, encoder_hidden_states=ehs).sample
         theirs = pipe.unet(z, t, encoder_hidden_states=ehs).sample
-        generator.use_adapters([], [])
+        generator.adapters.activate([], [])
         base = generator.unet(z, t, encoder_hidden_states=ehs).sample
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
     assert (ours - base).abs().max() > 1e-4  # the adapter really changes the output

@@ -19,6 +19,7 @@ from callbacks.fr_curve import FidelityRealismCurve
 from callbacks.sample_images import SampleImages
 from lit_sr.model.blend import blend
 from lit_sr.errors import ConfigError
+from lit_sr.metrics.suite import MetricWeights
 from lit_sr.metrics.sweep import KnobSweep
 from lit_sr.metrics.hypervolume import curve_hypervolume, hypervolume_2d, pareto_front, to_maximization
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
@@ -89,9 +90,9 @@ class TimestepKnob(NoiseStrategy):
         return self.full_timesteps(self.parse_knob(ctx.knob), ctx.z_lq)
 
     def unet_input(self, ctx, t):
-        return ctx.z_lq, {}
+        return ctx.z_lq
 
-    def to_x0(self, ctx, t, z_in, eps_hat, aux):
+    def to_x0(self, ctx, t, z_in, eps_hat):
         a = self.alpha_bar(t).to(z_in.dtype)[:, None, None, None]
         return (z_in - (1.0 - a).sqrt() * eps_hat) / a.sqrt()
 
@@ -118,7 +119,8 @@ def test_curve_callback_on_tiny_model_writes_one_row_per_knob(tmp_path, make_cfg
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lit_sr.config.build import build_generator, build_system
+    from lit_sr.config.build import build_generator
+    from lit_sr.config.systems import build_system
 
     cfg = make_cfg("val.metrics=[psnr]")
     generator = build_generator(cfg, tiny_bb)
@@ -126,7 +128,7 @@ def test_curve_callback_on_tiny_model_writes_one_row_per_knob(tmp_path, make_cfg
     generator.noise.attach(tiny_bb.alphas_cumprod)
     system = build_system(cfg, generator)
     curve = FidelityRealismCurve(tmp_path / "curves", metrics=["ssim"], fidelity="psnr", realism="lpips",
-                                 reference=[0.0, 1.0], allow_random_weights=True)
+                                 reference=[0.0, 1.0], weights=MetricWeights(allow_random=True))
     samples = SampleImages(tmp_path / "samples", num_images=1, knobs="sweep")
     plain = SampleImages(tmp_path / "plain", num_images=1)
     logger = TensorBoardLogger(tmp_path, name="tb", version="")

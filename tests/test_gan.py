@@ -4,7 +4,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from lit_sr.config.build import build_system
+from lit_sr.config.systems import build_system
 
 
 class _Watch(L.Callback):

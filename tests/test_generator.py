@@ -17,7 +17,7 @@ def test_uniform_one_step_equals_ddpm_scheduler_step(make_cfg, tiny_bb):
     z = torch.randn(2, 4, 8, 8)
     eps = torch.randn(2, 4, 8, 8)
     t = torch.full((2,), 999)
-    ours = g.noise.to_x0(None, t, z, eps, {})
+    ours = g.noise.to_x0(None, t, z, eps)
     # DDPM's step at the last timestep returns the x0 prediction (no noise is added at t→-1).
     ref = sched.step(eps, 999, z).pred_original_sample
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
@@ -50,7 +50,7 @@ def test_zero_init_adapter_is_identity(make_cfg, tiny_bb):
     g = build_generator(make_cfg(), tiny_bb).eval()
     with torch.no_grad():
         with_lora = g(lq)
-        with g.adapters([], []):
+        with g.adapters.using([], []):
             base = g(lq)
     torch.testing.assert_close(with_lora, base)
 
@@ -92,7 +92,7 @@ def test_tiled_unet_matches_untiled_and_bounds_tile_size(make_cfg, tiny_bb):
 def test_switching_adapters_keeps_trainability(make_cfg, tiny_bb):
     g = build_generator(make_cfg(), tiny_bb)
     before = {n for n, p in g.named_parameters() if p.requires_grad}
-    with g.adapters([], []):  # e.g. VSD's real score or the frozen HQ encoding
+    with g.adapters.using([], []):  # e.g. VSD's real score or the frozen HQ encoding
         pass
     after = {n for n, p in g.named_parameters() if p.requires_grad}
     assert before and before == after

@@ -95,14 +95,14 @@ def test_unet_sees_the_clean_latent_and_x0_conversion():
     z = torch.randn(3, 4, 8, 8)
     ctx = NoiseContext(lq_up=torch.zeros(3, 3, 32, 32), z_lq=z, training=False)
     t = torch.tensor([250, 500, 750])
-    z_in, _ = ldg.unet_input(ctx, t)
+    z_in = ldg.unet_input(ctx, t)
     assert z_in is z
     eps = torch.randn_like(z)
     a = ldg.alpha_bar(t)[:, None, None, None]
-    torch.testing.assert_close(ldg.to_x0(ctx, t, z_in, eps, {}), (z - (1 - a).sqrt() * eps) / a.sqrt())
+    torch.testing.assert_close(ldg.to_x0(ctx, t, z_in, eps), (z - (1 - a).sqrt() * eps) / a.sqrt())
     # the reference code's fixed-ᾱ quirk: the same ᾱ for every t
     quirk = _ldg(fixed_alpha_x0=0.7537)
-    x0 = quirk.to_x0(ctx, t, z_in, eps, {})
+    x0 = quirk.to_x0(ctx, t, z_in, eps)
     torch.testing.assert_close(x0, (z - 0.2463 ** 0.5 * eps) / 0.7537 ** 0.5)
 
 
@@ -116,7 +116,7 @@ def test_generator_trains_at_the_group_of_its_own_latents(make_cfg, tiny_bb):
     lq[2] = torch.rand(3, 16, 16)  # one badly "degraded" input: low similarity
     with torch.no_grad():
         out = g.step(lq, hq=hq)
-    metric = latent_cosine(out.z_lq, out.extras["z_hq"])
+    metric = latent_cosine(out.z_lq, out.z_hq)
     torch.testing.assert_close(out.extras["latent_metric"], metric)
     assert out.t.tolist() == g.noise.timestep_for(metric).tolist()
     with pytest.raises(ValueError, match="HQ latent"):
@@ -151,10 +151,10 @@ def test_hq_latent_comes_from_the_configured_encoder_and_aligns_at_odd_sizes(mak
         out = g.step(lq, hq=hq)
         y = torch.nn.functional.pad(hq * 2 - 1, (0, (-68) % g.size_multiple, 0, (-60) % g.size_multiple), mode="reflect")
         adapted = g.encode(y)
-        with g.adapters(g.active_unet, []):
+        with g.adapters.using(vae=[]):
             base = g.encode(y)
-    assert out.extras["z_hq"].shape == out.z_lq.shape
+    assert out.z_hq.shape == out.z_lq.shape
     assert (adapted - base).abs().max() > 1e-3
-    torch.testing.assert_close(out.extras["z_hq"], adapted if encoder == "adapted" else base)
+    torch.testing.assert_close(out.z_hq, adapted if encoder == "adapted" else base)
     with pytest.raises(ConfigError, match="hq_encoder"):
         make_cfg("noise=ldg", "noise.hq_encoder=other")

@@ -22,6 +22,7 @@ from lit_sr.metrics import (
     LPIPSMetric,
     MetricSuite,
     MetricUnavailable,
+    MetricWeights,
     PyiqaMetric,
 )
 from lit_sr.metrics import base as metrics_base
@@ -282,7 +283,7 @@ def test_suite_reports_unavailable_once_and_leaves_them_out(astronaut, monkeypat
 
 
 def test_suite_options_and_random_weights(astronaut):
-    suite = MetricSuite(["psnr", "ssim", "lpips", "dists"], scale=2, allow_random_weights=True)
+    suite = MetricSuite(["psnr", "ssim", "lpips", "dists"], scale=2, weights=MetricWeights(allow_random=True))
     assert suite.metrics["psnr"].crop_border == 2 and suite.metrics["ssim"].crop_border == 2
     assert MetricSuite(["psnr"], scale=4, crop_border=0, y_channel=False).metrics["psnr"].crop_border == 0
     assert suite.display_names["lpips"] == "LPIPS↓" and suite.display_names["dists"] == "DISTS↓"
@@ -315,7 +316,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         sr, hq = _ddp_images()
-        suite = MetricSuite(DDP_NAMES, allow_random_weights=True)
+        suite = MetricSuite(DDP_NAMES, weights=MetricWeights(allow_random=True))
         # Uneven split (3 images on rank 0 in two batches, 1 on rank 1): a mean of per-rank
         # means would be wrong, only summed states give the single-process value.
         batches = [slice(0, 2), slice(2, 3)] if rank == 0 else [slice(3, 4)]
@@ -332,7 +333,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 @pytest.mark.timeout(300)
 def test_ddp_two_processes_match_one_process(tmp_path):
     sr, hq = _ddp_images()
-    single = MetricSuite(DDP_NAMES, allow_random_weights=True)
+    single = MetricSuite(DDP_NAMES, weights=MetricWeights(allow_random=True))
     single.update(sr, hq)
     expected = single.compute()
     out = tmp_path / "result.pt"

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from lit_sr.config.build import build_generator
+from lit_sr.config.compose import CONF_DIR
 from lit_sr.errors import ConfigError
 
-NOISES = ["uniform", "rgpa", "ldg"]
+NOISES = sorted(p.stem for p in (CONF_DIR / "noise").glob("*.yaml"))  # a new strategy joins by its YAML
 CONDITIONERS = ["empty", "text", "vpim"]
 MODULATIONS = [None, "lqfm"]
 

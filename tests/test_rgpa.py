@@ -87,7 +87,8 @@ def test_injected_noise_std_follows_sqrt_one_minus_abar_times_weight(rgpa):
     n = 800
     ctx = _ctx(img, (16, 16), batch=n, gen=torch.Generator().manual_seed(3))
     t = torch.full((n,), 300)
-    z_t, aux = rgpa.unet_input(ctx, t)
+    z_t = rgpa.unet_input(ctx, t)
+    aux = ctx.extras
     a = float(rgpa.alpha_bar(t[:1]))
     noise_part = z_t - a ** 0.5 * ctx.z_lq  # z_L = 0 here, kept for clarity
     std = noise_part.std(dim=0)  # per latent pixel and channel, over draws
@@ -104,12 +105,13 @@ def test_eps_hat_equal_to_injected_noise_returns_lq_latent_exactly(rgpa):
     img = torch.rand(2, 3, 64, 64) * 2 - 1
     ctx = NoiseContext(lq_up=img, z_lq=torch.randn(2, 4, 16, 16), training=False, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([100, 400])
-    z_t, aux = rgpa.unet_input(ctx, t)
-    assert torch.equal(rgpa.to_x0(ctx, t, z_t, aux["eps_a"], aux), ctx.z_lq)
+    z_t = rgpa.unet_input(ctx, t)
+    aux = ctx.extras
+    assert torch.equal(rgpa.to_x0(ctx, t, z_t, aux["eps_a"]), ctx.z_lq)
     # any ε̂: the DDPM x0 estimate from z_t, written around z_L
     eps_hat = torch.randn_like(z_t)
     a = rgpa.alpha_bar(t)[:, None, None, None]
-    torch.testing.assert_close(rgpa.to_x0(ctx, t, z_t, eps_hat, aux), (z_t - (1 - a).sqrt() * eps_hat) / a.sqrt(),
+    torch.testing.assert_close(rgpa.to_x0(ctx, t, z_t, eps_hat), (z_t - (1 - a).sqrt() * eps_hat) / a.sqrt(),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -121,7 +123,7 @@ def test_training_timesteps_range_and_seed(rgpa):
     ctx.generator = torch.Generator().manual_seed(5)
     assert torch.equal(rgpa.timesteps(ctx), t1)
     ctx.generator = None  # inference-style call without a generator still works
-    assert rgpa.unet_input(ctx, t1)[0].shape == ctx.z_lq.shape
+    assert rgpa.unet_input(ctx, t1).shape == ctx.z_lq.shape
 
 
 def test_knob_parsing(rgpa):

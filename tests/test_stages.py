@@ -8,8 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from lit_sr.model import adapters as lora_lib
-from lit_sr.config.build import build_system
+from lit_sr.config.systems import build_system
 from lit_sr.config.compose import validate
 from lit_sr.errors import ConfigError
 from lit_sr.systems.stages import StageSchedule, parse_stages
@@ -43,9 +42,9 @@ class _Record(L.Callback):
 def _snapshot(system) -> dict[str, dict[str, torch.Tensor]]:
     g = system.generator
     return {
-        "main": {n: p.detach().clone() for n, p in lora_lib.adapter_parameters(g.unet, "main").items()},
-        "vae": {n: p.detach().clone() for n, p in lora_lib.adapter_parameters(g.vae, "main").items()},
-        "cross": {n: p.detach().clone() for n, p in lora_lib.adapter_parameters(g.unet, "cross").items()},
+        "main": {n: p.detach().clone() for n, p in g.adapters.parameters("unet", "main").items()},
+        "vae": {n: p.detach().clone() for n, p in g.adapters.parameters("vae", "main").items()},
+        "cross": {n: p.detach().clone() for n, p in g.adapters.parameters("unet", "cross").items()},
     }
 
 
@@ -65,16 +64,16 @@ def _fit(system, max_steps: int, root, ckpt_path=None) -> tuple[L.Trainer, _Reco
 
 def test_stage_two_trains_only_the_new_cross_attention_lora(make_cfg, tiny_bb, tmp_path):
     system = build_system(_cfg(make_cfg), backbone=tiny_bb)
-    cross = lora_lib.adapter_parameters(system.generator.unet, "cross")
+    cross = system.generator.adapters.parameters("unet", "cross")
     assert cross and all(".attn2." in n for n in cross)  # cross-attention layers only
-    assert system.generator.active_unet == ["main"]  # stage 1: the stage-2 adapter is off
+    assert system.generator.adapters.active["unet"] == ["main"]  # stage 1: the stage-2 adapter is off
     trainer, rec = _fit(system, 3, tmp_path)
     assert trainer.global_step == 3 and [r["stage"] for r in rec.rows] == [0, 1, 1]
     for row in rec.rows[:1]:
         assert _moved(row, "main") and _moved(row, "vae") and not _moved(row, "cross")
     for row in rec.rows[1:]:
         assert not _moved(row, "main") and not _moved(row, "vae") and _moved(row, "cross")
-    assert system.generator.active_unet == ["main", "cross"]  # the frozen stage-1 LoRA stays active
+    assert system.generator.adapters.active["unet"] == ["main", "cross"]  # the frozen stage-1 LoRA stays active
     groups = [g["name"] for g in trainer.optimizers[0].param_groups]
     assert groups == ["unet:main", "vae:main", "unet:cross"]  # one layout for every stage
     assert [g["lr"] for g in trainer.optimizers[0].param_groups] == [0.0, 0.0, system.lr]

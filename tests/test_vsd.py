@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_sr.model import adapters as lora_lib
-from lit_sr.config.build import build_generator, build_system
+from lit_sr.config.build import build_generator
+from lit_sr.config.systems import build_system
+from lit_sr.model.adapters import only_trainable
 from lit_sr.model.output import SROutput
 from losses.vsd import VSDLoss
 
@@ -29,14 +30,14 @@ def _fake_output(generator, b: int = 2, t: torch.Tensor | None = None) -> SROutp
     ehs = generator.conditioner(torch.zeros(b, 3, 32, 32))
     t = t if t is not None else torch.full((b,), 999)
     return SROutput(sr=torch.rand(b, 3, 32, 32), z_hat=z, z_lq=z.detach(), t=t, eps_hat=z.detach(),
-                    encoder_hidden_states=ehs, lq_up=torch.rand(b, 3, 32, 32))
+                    encoder_hidden_states=ehs, lq_up=torch.rand(b, 3, 32, 32), z_in=z.detach())
 
 
 def test_real_and_fake_scores_are_the_generators_unet(make_cfg, tiny_bb):
     system = _system(make_cfg, tiny_bb)
     g, vsd = system.generator, system.losses["vsd"]
     assert list(vsd.parameters()) == []  # no copy of any network inside the term
-    assert "vsd_fake" in lora_lib.adapter_names(g.unet) and "vsd_fake" not in g.unet_adapters
+    assert "vsd_fake" in g.adapters.names("unet") and "vsd_fake" not in g.unet_adapters
     # Every base weight exists once in the whole system (no duplicated storage).
     base = [p for n, p in g.unet.named_parameters() if "lora_" not in n]
     ptrs = [p.data_ptr() for p in system.parameters()]
@@ -93,14 +94,14 @@ def test_fake_update_changes_only_the_fake_adapter(make_cfg, tiny_bb):
     before = {n: p.detach().clone() for n, p in system.named_parameters()}
     own = vsd.own_parameters()
     opt = vsd.configure_optimizer(own)
-    with system._only_trainable(own):  # the system's aux phase
-        aux = vsd.aux_loss(out, batch, system)
+    with only_trainable(system, own):  # the system's aux phase
+        aux = vsd.aux_loss(out, batch)
         aux.backward()
         opt.step()
     changed = {n for n, p in system.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(".vsd_fake." in n for n in changed)
     assert all(not p.requires_grad for p in own)  # frozen again outside the aux phase
-    assert g.active_unet == ["main"]  # adapter switches restored the generator's active set
+    assert g.adapters.active["unet"] == ["main"]  # adapter switches restored the generator's active set
 
 
 def test_das_timesteps_stay_in_their_window(make_cfg, tiny_bb):
@@ -139,9 +140,9 @@ def test_das_follows_per_sample_timesteps_of_ldg_and_rgpa(make_cfg, tiny_bb, noi
 def test_fake_adapter_exists_from_build_and_negative_prompt_comes_from_the_conditioner(make_cfg, tiny_bb):
     cfg = make_cfg("loss=osediff_vsd", "conditioning=text", "val.metrics=[psnr]")
     g = build_generator(cfg, tiny_bb)
-    assert "vsd_fake" in lora_lib.adapter_names(g.unet)  # stable checkpoint/export keys
-    assert g.active_unet == ["main"]
-    assert not any(p.requires_grad for p in lora_lib.adapter_parameters(g.unet, "vsd_fake").values())
+    assert "vsd_fake" in g.adapters.names("unet")  # stable checkpoint/export keys
+    assert g.adapters.active["unet"] == ["main"]
+    assert not any(p.requires_grad for p in g.adapters.parameters("unet", "vsd_fake").values())
     system = build_system(cfg, generator=g)
     neg = system.losses["vsd"].negative_embedding
     torch.testing.assert_close(neg, g.conditioner.negative_embedding().float())

@@ -1,4 +1,8 @@
-"""Config → objects. The one place that knows how config nodes become components."""
+"""Config → objects: the one place that knows how config nodes become components.
+
+Cheap components (data, degradation, loss terms) can be built before the backbone, so a bad
+value they reject ends the run with one line before minutes of model loading.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -7,19 +11,23 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lit_sr.model.backbone import Backbone
+from lit_sr.config.compose import resolve_target
 from lit_sr.errors import ConfigError, LitSRError
+from lit_sr.model.backbone import Backbone
 from lit_sr.model.generator import OneStepSR
+from lit_sr.systems.stages import added_adapters, parse_stages
+from losses.base import LossTerm
 
 
-def _container(node: Any) -> Any:
+def container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def build_component(node: DictConfig | None, key: str = "", **kwargs: Any) -> Any:
     """Instantiate one ``_target_`` node (lists/dicts arrive as plain Python containers).
 
-    A constructor's ValueError (a bad value it checks) becomes a one-line ConfigError naming the node.
+    A constructor's ValueError/TypeError (a bad value it checks) becomes a one-line ConfigError
+    naming the node; a missing optional package (e.g. ``wandb`` for its logger) too.
     """
     if node is None:
         return None
@@ -29,7 +37,7 @@ def build_component(node: DictConfig | None, key: str = "", **kwargs: Any) -> An
         cause = exc.__cause__
         if isinstance(cause, LitSRError):
             raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError, ModuleNotFoundError)):
             raise ConfigError(f"{key or node.get('_target_')}: {str(cause).splitlines()[0]}") from None
         raise
 
@@ -38,103 +46,55 @@ def build_backbone(cfg: DictConfig) -> Backbone:
     return build_component(cfg.backbone, "backbone")
 
 
-def build_generator(cfg: DictConfig, backbone: Backbone | None = None) -> OneStepSR:
-    """The generator with every adapter the run will ever use, so checkpoints have stable keys.
-
-    Adapters added by later stages (``stages[i].add_adapters``) join ``lora.unet``; adapters that
-    loss terms keep on the generator's UNet (VSD's fake score, declared by the term class's
-    ``generator_adapters``) are added inactive and frozen, so an export of a VSD-trained run
-    loads into a generator built from the same config.
-    """
-    from lit_sr.systems.stages import added_adapters, parse_stages
-
-    backbone = backbone if backbone is not None else build_backbone(cfg)
-    lora = _container(cfg.get("lora")) or {}
+def generator_lora(cfg: DictConfig) -> dict:
+    """Every adapter the run will ever use: ``lora`` plus the adapters stages add."""
+    lora = container(cfg.get("lora")) or {}
     extra = added_adapters(parse_stages(cfg.get("stages")))
     if extra:
         lora = {**lora, "unet": {**(lora.get("unet") or {}), **extra}}
-    generator = OneStepSR(
-        backbone,
-        noise=build_component(cfg.noise, "noise"),
-        conditioner=build_component(cfg.conditioning, "conditioning"),
-        lora=lora,
-        modulation=build_component(cfg.get("modulation"), "modulation"),
-        **_container(cfg.get("model") or {}),
-    )
-    _add_loss_term_adapters(cfg, generator)
+    return lora
+
+
+def build_generator(cfg: DictConfig, backbone: Backbone | None = None) -> OneStepSR:
+    """The generator with every adapter the run will ever use, so checkpoints have stable keys.
+
+    Adapters loss terms keep on the generator's UNet (``LossTerm.generator_adapters``, e.g.
+    VSD's fake score) are added inactive and frozen, so an export of a VSD-trained run loads
+    into a generator built from the same config.
+    """
+    noise = build_component(cfg.noise, "noise")  # cheap parts first: their errors come before the backbone
+    conditioner = build_component(cfg.conditioning, "conditioning")
+    modulation = build_component(cfg.get("modulation"), "modulation")
+    backbone = backbone if backbone is not None else build_backbone(cfg)
+    generator = OneStepSR(backbone, noise=noise, conditioner=conditioner, lora=generator_lora(cfg),
+                          modulation=modulation, **(container(cfg.get("model")) or {}))
+    for key, node in loss_terms(cfg).items():
+        cls: type[LossTerm] = resolve_target(str(node._target_), f"loss.terms.{key}")
+        for name, spec in cls.generator_adapters(container(node)).items():
+            if name not in generator.adapters.names("unet"):
+                generator.adapters.add("unet", name, spec)
     return generator
 
 
-def _add_loss_term_adapters(cfg: DictConfig, generator: OneStepSR) -> None:
-    from lit_sr.config.compose import resolve_target
-    from lit_sr.model.adapters import adapter_names
-    from losses.vsd import add_inactive_adapter
-
+def loss_terms(cfg: DictConfig) -> dict[str, DictConfig]:
     terms = (cfg.get("loss") or {}).get("terms") or {}
-    for key, node in terms.items():
-        if node is None:
-            continue
-        declare = getattr(resolve_target(str(node._target_), f"loss.terms.{key}"), "generator_adapters", None)
-        if not callable(declare):
-            continue
-        for name, spec in declare(_container(node)).items():
-            if name not in adapter_names(generator.unet):
-                add_inactive_adapter(generator, name, spec)
+    return {name: node for name, node in terms.items() if node is not None}
 
 
-def build_losses(cfg: DictConfig) -> dict:
-    terms = cfg.loss.get("terms") or {}
-    return {name: build_component(node, f"loss.terms.{name}") for name, node in terms.items() if node is not None}
+def build_losses(cfg: DictConfig) -> dict[str, LossTerm]:
+    return {name: build_component(node, f"loss.terms.{name}") for name, node in loss_terms(cfg).items()}
 
 
 def build_val_metrics(cfg: DictConfig):
-    from lit_sr.metrics.suite import MetricSuite
+    from lit_sr.metrics.suite import MetricSuite, MetricWeights
 
-    val = cfg.get("val") or {}
-    lpips_cfg = (cfg.loss.get("terms") or {}).get("lpips") or {}
-    return MetricSuite(
-        list(val.get("metrics", ["psnr", "ssim", "lpips"])),
-        crop_border=int(cfg.degradation.scale),
-        vgg_weights=lpips_cfg.get("vgg_weights"),
-        lpips_weights=lpips_cfg.get("lpips_weights"),
-        allow_random_weights=True,  # training-time monitoring; the evaluation CLI is strict
-    )
-
-
-def build_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Backbone | None = None):
-    """The training system; ``backbone`` (built here when neither it nor ``generator`` is given) is
-    handed to loss terms' ``attach`` (e.g. VSD embeds its negative prompt) and not kept."""
-    from lit_sr.systems.sr import SRSystem
-
-    if generator is None:
-        backbone = backbone if backbone is not None else build_backbone(cfg)
-        generator = build_generator(cfg, backbone)
-    optim = cfg.optim
-    return SRSystem(
-        generator,
-        build_losses(cfg),
-        lr=optim.lr,
-        weight_decay=optim.weight_decay,
-        betas=tuple(optim.betas),
-        grad_clip=optim.grad_clip,
-        val_metrics=build_val_metrics(cfg),
-        seed=int(cfg.seed),
-        config=OmegaConf.to_container(cfg, resolve=True),
-        stages=cfg.get("stages"),
-        backbone=backbone,
-    )
-
-
-def build_mem_system(cfg: DictConfig):
-    """RCOD's MEM trainer (``experiment=mem``): a frozen trained generator + a new estimator."""
-    from lit_sr.config.loading import load_generator
-    from lit_sr.systems.mem import MEMSystem
-
-    node = cfg.mem
-    generator, _ = load_generator(str(node.generator_export), list(node.get("generator_overrides") or []))
-    estimator = build_component(node.estimator, "mem.estimator", latent_channels=int(generator.vae.config.latent_channels))
-    return MEMSystem(generator, estimator, lr=float(node.get("lr", 1e-3)), weight_decay=float(node.get("weight_decay", 0.0)),
-                     config=OmegaConf.to_container(cfg, resolve=True))
+    val = cfg.get("val")
+    if val is None:
+        return None
+    lpips = loss_terms(cfg).get("lpips") or {}
+    return MetricSuite(list(val.metrics), crop_border=int(cfg.degradation.scale),
+                       weights=MetricWeights(vgg=lpips.get("vgg_weights"), lpips=lpips.get("lpips_weights"),
+                                             allow_random=True))  # training-time monitoring; evaluation is strict
 
 
 def build_datamodule(cfg: DictConfig):
@@ -142,10 +102,25 @@ def build_datamodule(cfg: DictConfig):
     return build_component(cfg.data, "data", degradation=degradation)
 
 
-def build_extra_callbacks(cfg: DictConfig) -> list:
-    """Callbacks listed under ``callbacks`` in the config (each a ``_target_`` node)."""
-    nodes = cfg.get("callbacks") or {}
-    return [build_component(node, f"callbacks.{name}") for name, node in nodes.items() if node is not None]
+def build_callbacks(cfg: DictConfig) -> list:
+    """The checkpoint node and every node under ``callbacks`` (each a ``_target_`` node).
+
+    Progress bars are left out when ``trainer.enable_progress_bar`` is false (Lightning refuses both).
+    """
+    from lightning.pytorch.callbacks import ProgressBar
+
+    nodes = {"checkpoint": cfg.get("checkpoint"), **{f"callbacks.{k}": v for k, v in (cfg.get("callbacks") or {}).items()}}
+    bar = bool(cfg.trainer.get("enable_progress_bar", True))
+    out = []
+    for key, node in nodes.items():
+        if node is None or (not bar and issubclass(resolve_target(str(node._target_), key), ProgressBar)):
+            continue
+        out.append(build_component(node, key))
+    return out
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [build_component(node, f"logger.{key}") for key, node in (cfg.get("logger") or {}).items() if node is not None]
 
 
 def trainer_kwargs(cfg: DictConfig, system: Any) -> dict:
@@ -159,7 +134,7 @@ def trainer_kwargs(cfg: DictConfig, system: Any) -> dict:
     """
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(args, dict)
-    if not getattr(system, "partial_backward", False):
+    if not system.partial_backward:
         return args
     strategy = args.get("strategy", "auto")
     many = int(args.get("num_nodes", 1) or 1) > 1 or _device_count(args.get("devices", "auto"), args.get("accelerator")) > 1

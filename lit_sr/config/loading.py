@@ -1,31 +1,44 @@
-"""Rebuild a trained generator from an adapter export folder or a Lightning checkpoint."""
+"""Rebuild a trained generator from an adapter export folder or a Lightning checkpoint.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a lit_sr checkpoint holds tensors
+and plain containers only, so a file that needs anything else (a crafted pickle) is refused with
+one line, and none of its code runs.
+"""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lit_sr.config.build import build_generator
 from lit_sr.config.compose import validate
 from lit_sr.errors import ConfigError, WeightsError
+from lit_sr.typed import config_error_line
 from lit_sr.model.export import CONFIG_FILE, load_export
 from lit_sr.model.generator import OneStepSR
 
 
-def _apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"bad override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
-            raise ConfigError(f"unknown config key '{key}'")
-        OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v if value else value, merge=False)
-    return cfg
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, loaded without unpickling arbitrary objects."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "unsupported pickle content"
+        raise WeightsError(f"{path}: refused: it holds Python objects a lit_sr checkpoint never contains ({reason[:160]})") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise WeightsError(f"{path}: cannot read checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise WeightsError(f"{path}: not a lit_sr checkpoint")
+    return ckpt
 
 
 def load_config(source: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """The run config stored with an export folder (``config.yaml``) or a checkpoint."""
+    """The run config stored with an export folder (``config.yaml``) or a checkpoint, with overrides."""
     path = Path(source)
     if not path.exists():
         raise WeightsError(f"model not found: {path}")
@@ -34,12 +47,20 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> DictC
             raise WeightsError(f"{path}: not an adapter export folder (no {CONFIG_FILE})")
         cfg = OmegaConf.load(path / CONFIG_FILE)
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
         try:
-            cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
-        except (KeyError, TypeError) as exc:
-            raise WeightsError(f"{path}: not a lit_sr checkpoint (no stored config)") from exc
-    cfg = _apply_overrides(cfg, list(overrides or []))
+            cfg = OmegaConf.create(read_checkpoint(path)["hyper_parameters"]["config"])
+        except (KeyError, TypeError):
+            raise WeightsError(f"{path}: not a lit_sr checkpoint (no stored config)") from None
+    items = list(overrides or [])
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise ConfigError(f"bad override {bad[0]!r}: expected key=value")
+    OmegaConf.set_struct(cfg, True)  # an override of a key the run did not have is a typo, not a new key
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(config_error_line(exc)) from None
+    OmegaConf.set_struct(cfg, False)
     validate(cfg)
     return cfg
 
@@ -52,7 +73,7 @@ def load_generator(source: str | Path, overrides: list[str] | None = None) -> tu
     if path.is_dir():
         load_export(generator, path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = read_checkpoint(path)["state_dict"]
         prefix = "generator."
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         expected = generator.trainable_state_dict()

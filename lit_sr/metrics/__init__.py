@@ -11,7 +11,7 @@ from lit_sr.metrics.niqe import NIQE
 from lit_sr.metrics.psnr import PSNR
 from lit_sr.metrics.pyiqa_metrics import PyiqaMetric
 from lit_sr.metrics.ssim import SSIM
-from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite
+from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
 
 __all__ = [
     "DISTS",
@@ -20,6 +20,7 @@ __all__ = [
     "METRIC_NAMES",
     "MetricSuite",
     "MetricUnavailable",
+    "MetricWeights",
     "NIQE",
     "PSNR",
     "PerImageMetric",

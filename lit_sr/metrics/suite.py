@@ -19,30 +19,35 @@ from lit_sr.metrics.ssim import SSIM
 METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "lpips", "dists", "niqe", "musiq", "maniqa", "clipiqa")
 
 
-@dataclass(frozen=True)
-class SuiteOptions:
-    """Everything the metrics of a suite may need; each metric reads its own fields."""
+@dataclass
+class MetricWeights:
+    """Local weight files of the network-based metrics (see docs/metrics.md); one object for every caller."""
 
+    vgg: str | None = None  # torchvision ImageNet VGG16 (vgg16-397923af.pth): LPIPS and DISTS
+    lpips: str | None = None  # lpips' v0.1 linear heads (vgg.pth)
+    dists: str | None = None  # DISTS' alpha/beta (weights.pt)
+    pyiqa_dir: str | None = None  # local pyiqa checkpoints: MUSIQ, MANIQA, CLIPIQA
+    allow_random: bool = False  # let LPIPS/DISTS score with seeded random weights (uncalibrated)
+
+
+@dataclass(frozen=True)
+class _Options:
     crop_border: int
     y_channel: bool
     niqe_crop_border: int
     niqe_luma: str
-    vgg_weights: str | None
-    lpips_weights: str | None
-    dists_weights: str | None
-    pyiqa_weights_dir: str | None
-    allow_random_weights: bool
+    weights: MetricWeights
 
 
-_BUILDERS: dict[str, Callable[[SuiteOptions], PerImageMetric]] = {
+_BUILDERS: dict[str, Callable[[_Options], PerImageMetric]] = {
     "psnr": lambda o: PSNR(crop_border=o.crop_border, y_channel=o.y_channel),
     "ssim": lambda o: SSIM(crop_border=o.crop_border, y_channel=o.y_channel),
-    "lpips": lambda o: LPIPSMetric(o.vgg_weights, o.lpips_weights, allow_random=o.allow_random_weights),
-    "dists": lambda o: DISTSMetric(o.vgg_weights, o.dists_weights, allow_random=o.allow_random_weights),
+    "lpips": lambda o: LPIPSMetric(o.weights.vgg, o.weights.lpips, allow_random=o.weights.allow_random),
+    "dists": lambda o: DISTSMetric(o.weights.vgg, o.weights.dists, allow_random=o.weights.allow_random),
     "niqe": lambda o: NIQE(crop_border=o.niqe_crop_border, luma=o.niqe_luma),  # type: ignore[arg-type]
-    "musiq": lambda o: PyiqaMetric("musiq", o.pyiqa_weights_dir),
-    "maniqa": lambda o: PyiqaMetric("maniqa", o.pyiqa_weights_dir),
-    "clipiqa": lambda o: PyiqaMetric("clipiqa", o.pyiqa_weights_dir),
+    "musiq": lambda o: PyiqaMetric("musiq", o.weights.pyiqa_dir),
+    "maniqa": lambda o: PyiqaMetric("maniqa", o.weights.pyiqa_dir),
+    "clipiqa": lambda o: PyiqaMetric("clipiqa", o.weights.pyiqa_dir),
 }
 
 
@@ -62,9 +67,7 @@ class MetricSuite(nn.Module):
         y_channel: PSNR/SSIM on BT.601 Y (True, the literature's default) or on RGB.
         niqe_crop_border: border crop for NIQE (0: the whole image, as pyiqa).
         niqe_luma: ``"ycbcr"`` (BasicSR) or ``"yiq"`` (pyiqa's default) luminance for NIQE.
-        vgg_weights / lpips_weights / dists_weights: local weight files, see ``docs/metrics.md``.
-        pyiqa_weights_dir: local directory of pyiqa checkpoints for MUSIQ/MANIQA/CLIPIQA.
-        allow_random_weights: let LPIPS/DISTS score with seeded random weights (tests, smoke runs).
+        weights: local weight files of the network metrics (:class:`MetricWeights`).
     """
 
     def __init__(
@@ -76,11 +79,7 @@ class MetricSuite(nn.Module):
         y_channel: bool = True,
         niqe_crop_border: int = 0,
         niqe_luma: str = "ycbcr",
-        vgg_weights: str | None = None,
-        lpips_weights: str | None = None,
-        dists_weights: str | None = None,
-        pyiqa_weights_dir: str | None = None,
-        allow_random_weights: bool = False,
+        weights: MetricWeights | None = None,
     ) -> None:
         super().__init__()
         unknown = [n for n in names if n not in _BUILDERS]
@@ -88,17 +87,8 @@ class MetricSuite(nn.Module):
             raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRIC_NAMES)}")
         if len(set(names)) != len(names):
             raise ValueError(f"metric names repeat: {list(names)}")
-        opts = SuiteOptions(
-            crop_border=scale if crop_border is None else crop_border,
-            y_channel=y_channel,
-            niqe_crop_border=niqe_crop_border,
-            niqe_luma=niqe_luma,
-            vgg_weights=vgg_weights,
-            lpips_weights=lpips_weights,
-            dists_weights=dists_weights,
-            pyiqa_weights_dir=pyiqa_weights_dir,
-            allow_random_weights=allow_random_weights,
-        )
+        opts = _Options(crop_border=scale if crop_border is None else crop_border, y_channel=y_channel,
+                        niqe_crop_border=niqe_crop_border, niqe_luma=niqe_luma, weights=weights or MetricWeights())
         self.metrics = nn.ModuleDict()
         self.unavailable: dict[str, str] = {}
         for name in names:

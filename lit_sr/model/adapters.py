@@ -1,22 +1,34 @@
-"""Named LoRA adapters through peft on the UNet and the VAE encoder.
+"""Named LoRA adapters and trainability: the one module that talks to peft.
 
-Several adapters live on one module (``"main"``, or ``"fidelity"``/``"realism"``, or a VSD
-``"vsd_fake"``) so that every use shares one copy of the frozen base weights. Trainability is
-managed here explicitly: peft's ``set_adapter`` also flips ``requires_grad``, which a step that
-switches adapters must not inherit.
+Several adapters live on one UNet (``"main"``, or ``"fidelity"``/``"realism"``, a stage-2
+``"alignment"``, VSD's ``"vsd_fake"``) and on the VAE encoder, so that every use shares one copy
+of the frozen base weights. :class:`AdapterSet` owns them: it adds adapters, switches the active
+set and reports each adapter's parameters. Which parameters train is set with :func:`train_only`
+/ :func:`only_trainable`.
+
+Why switching does not go through peft's ``set_adapter``/``disable_adapters``: both walk every
+module and rewrite ``requires_grad`` (disabling freezes every LoRA weight; activating makes the
+active adapter trainable), which would silently change what trains whenever a pass switches
+adapters, e.g. VSD's real/fake score passes or the base-encoder HQ latent. A tuner layer's
+forward reads only its active-adapter list and its disabled flag, so :meth:`AdapterSet.activate`
+sets exactly those two on every layer, never touches ``requires_grad``, and costs no module walk.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from torch import nn
 
 # OSEDiff's LoRA targets (from its training script): every attention projection, conv and
-# feed-forward layer of the UNet, and the convolutions/attention of the VAE encoder.
+# feed-forward layer of the UNet, and the convolutions/attention of the VAE encoder. The YAML
+# configs name the same lists once, as ``lora_targets`` in conf/train.yaml (a test keeps both equal).
 OSEDIFF_UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_shortcut", "conv_out",
                         "proj_in", "proj_out", "ff.net.2", "ff.net.0.proj"]
 OSEDIFF_VAE_TARGETS = ["conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0"]
+PARTS = ("unet", "vae")
 
 
 @dataclass
@@ -35,6 +47,8 @@ class LoRASpec:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
         if not self.target_modules:
             raise ValueError("LoRA target_modules is empty")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         self.target_modules = list(self.target_modules)
 
     def target_regex(self) -> str:
@@ -57,48 +71,105 @@ def as_spec(value) -> LoRASpec:
     return LoRASpec(**dict(value))
 
 
-def add_adapter(module: nn.Module, name: str, spec: LoRASpec) -> None:
-    """Add adapter ``name`` to a diffusers model (UNet/VAE); fails if no layer matched."""
-    if name in adapter_names(module):
-        raise ValueError(f"adapter {name!r} already exists")
-    before = sum(1 for _ in module.parameters())
-    module.add_adapter(spec.peft_config(), adapter_name=name)
-    if sum(1 for _ in module.parameters()) == before:
-        raise ValueError(f"adapter {name!r}: target_modules {spec.target_modules} matched no layer")
+class AdapterSet:
+    """The named LoRA adapters of a UNet and a VAE, and which of them are active."""
+
+    def __init__(self, unet: nn.Module, vae: nn.Module) -> None:
+        self.modules: dict[str, nn.Module] = {"unet": unet, "vae": vae}
+        self.active: dict[str, list[str]] = {"unet": [], "vae": []}
+        self._layers: dict[str, list[nn.Module]] = {}
+
+    # ------------------------------------------------------------------ inventory
+    def names(self, part: str) -> list[str]:
+        """Adapters of ``part`` (``unet`` or ``vae``) in creation order."""
+        cfg = getattr(self.modules[part], "peft_config", None)
+        return list(cfg) if cfg else []
+
+    def parameters(self, part: str, name: str) -> dict[str, nn.Parameter]:
+        """Parameters of adapter ``name`` (peft names them ``...lora_A.<name>.weight``)."""
+        marker = f".{name}."
+        return {n: p for n, p in self.modules[part].named_parameters() if "lora_" in n and marker in n}
+
+    def add(self, part: str, name: str, spec: LoRASpec) -> None:
+        """Add adapter ``name``, inactive and frozen; the active set and every other flag stay as they were."""
+        module = self.modules[part]
+        if name in self.names(part):
+            raise ValueError(f"adapter {name!r} already exists on the {part}")
+        flags = {n: p.requires_grad for n, p in module.named_parameters()}
+        before = len(flags)
+        module.add_adapter(spec.peft_config(), adapter_name=name)  # diffusers activates it and flips flags
+        for n, p in module.named_parameters():
+            p.requires_grad_(flags.get(n, False))
+        if sum(1 for _ in module.parameters()) == before:
+            raise ValueError(f"adapter {name!r}: target_modules {spec.target_modules} matched no layer of the {part}")
+        self._layers.pop(part, None)
+        self._apply(part)
+
+    def set_weights(self, part: str, weights: dict[str, float]) -> None:
+        """Scale adapters' contributions (diffusers ``set_adapters`` weights; 1.0 = as trained)."""
+        unknown = set(weights) - set(self.names(part))
+        if unknown:
+            raise ValueError(f"unknown {part} adapter(s) {sorted(unknown)}; have {self.names(part)}")
+        for layer in self._tuner_layers(part):
+            for name, weight in weights.items():
+                if name in getattr(layer, "scaling", {}):
+                    layer.set_scale(name, float(weight))
+
+    # ------------------------------------------------------------------ switching
+    def activate(self, unet: Sequence[str] | None = None, vae: Sequence[str] | None = None) -> None:
+        """Make exactly these adapters active (``[]``: base weights only; ``None``: leave that part)."""
+        for part, names in (("unet", unet), ("vae", vae)):
+            if names is None:
+                continue
+            names = list(names)
+            unknown = set(names) - set(self.names(part))
+            if unknown:
+                raise ValueError(f"unknown {part} adapter(s) {sorted(unknown)}; have {self.names(part)}")
+            self.active[part] = names
+            self._apply(part)
+
+    @contextmanager
+    def using(self, unet: Sequence[str] | None = None, vae: Sequence[str] | None = None) -> Iterator[None]:
+        """Switch adapters for a block (e.g. VSD's real/fake score passes), then restore the previous set."""
+        saved = {part: list(names) for part, names in self.active.items()}
+        self.activate(unet, vae)
+        try:
+            yield
+        finally:
+            self.activate(saved["unet"], saved["vae"])
+
+    def _tuner_layers(self, part: str) -> list[nn.Module]:
+        layers = self._layers.get(part)
+        if layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = [m for m in self.modules[part].modules() if isinstance(m, BaseTunerLayer)]
+            self._layers[part] = layers
+        return layers
+
+    def _apply(self, part: str) -> None:
+        names = self.active[part]
+        for layer in self._tuner_layers(part):  # see the module docstring for why not set_adapter
+            layer._disable_adapters = not names
+            if names:
+                layer._active_adapter = list(names)
 
 
-def adapter_names(module: nn.Module) -> list[str]:
-    cfg = getattr(module, "peft_config", None)
-    return list(cfg) if cfg else []
+def train_only(module: nn.Module, params: Iterable[nn.Parameter]) -> None:
+    """Exactly ``params`` of ``module`` require grad; everything else is frozen."""
+    wanted = {id(p) for p in params}
+    for p in module.parameters():
+        p.requires_grad_(id(p) in wanted)
 
 
-def adapter_parameters(module: nn.Module, name: str) -> dict[str, nn.Parameter]:
-    """Parameters belonging to adapter ``name`` (peft names them ``...lora_A.<name>.weight``)."""
-    marker = f".{name}."
-    return {n: p for n, p in module.named_parameters() if ("lora_" in n and marker in n)}
-
-
-def activate(module: nn.Module, names: list[str] | str | None) -> None:
-    """Make exactly ``names`` active (None: disable all adapters) without touching requires_grad."""
-    if not adapter_names(module):
-        return
-    # peft's enable/disable/set_adapter all rewrite requires_grad; trainability is ours to keep.
-    flags = {n: p.requires_grad for n, p in module.named_parameters()}
-    if names is None or names == []:
-        module.disable_adapters()
-    else:
-        names = [names] if isinstance(names, str) else list(names)
-        module.enable_adapters()
-        module.set_adapter(names if len(names) > 1 else names[0])
-    for n, p in module.named_parameters():
-        p.requires_grad_(flags[n])
-
-
-def set_trainable(module: nn.Module, names: list[str]) -> None:
-    """Only the parameters of adapters ``names`` require grad; base weights and others are frozen."""
-    wanted = set(names)
-    unknown = wanted - set(adapter_names(module))
-    if unknown:
-        raise ValueError(f"unknown adapter(s) {sorted(unknown)}; have {adapter_names(module)}")
-    for n, p in module.named_parameters():
-        p.requires_grad_("lora_" in n and any(f".{a}." in n for a in wanted))
+@contextmanager
+def only_trainable(module: nn.Module, params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """:func:`train_only` for a block (e.g. a loss term's own optimizer step); every flag is restored."""
+    everything = list(module.parameters())
+    flags = [p.requires_grad for p in everything]
+    train_only(module, params)
+    try:
+        yield
+    finally:
+        for p, flag in zip(everything, flags):
+            p.requires_grad_(flag)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lit_sr.errors import WeightsError
+from lit_sr.model.paths import LocalDir
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,9 @@ def parse_dtype(name: str) -> torch.dtype:
 
 
 def load_backbone(
-    path: str,
+    path: LocalDir,
     text_encoder: bool = True,
-    vision_encoder: str | None = None,
+    vision_encoder: LocalDir | None = None,
     dtype: str = "fp32",
 ) -> Backbone:
     """Load UNet, VAE, schedule and (optionally) CLIP encoders from a local diffusers directory.
@@ -183,21 +184,6 @@ def load_backbone(
     _freeze(unet, vae, te, vis)
     return Backbone(unet=unet, vae=vae, alphas_cumprod=alphas, text_encoder=te, tokenizer=tok,
                     vision_encoder=vis, name=root.name)
-
-
-def _check_paths(cfg) -> str | None:
-    """Config-time check (before anything is built) that the weight directories exist."""
-    node = cfg.backbone
-    path = node.get("path")
-    if path not in (None, "", "???") and not Path(str(path)).expanduser().exists():
-        return f"backbone.path: directory not found: {path}"
-    vision = node.get("vision_encoder")
-    if isinstance(vision, str) and vision and not Path(vision).expanduser().exists():
-        return f"backbone.vision_encoder: directory not found: {vision}"
-    return None
-
-
-load_backbone.requires = _check_paths  # picked up by lit_sr.config.compose.check_combinations
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def export_adapter(generator: OneStepSR, out_dir: str | Path, config: dict | Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(generator.unet_adapters)
-    primary = primary or (generator.active_unet[0] if generator.active_unet else (names[0] if names else None))
+    active = generator.adapters.active["unet"]
+    primary = primary or (active[0] if active else (names[0] if names else None))
     for name in names:
         meta = generator.unet.peft_config[name].to_dict()
         meta = json.loads(json.dumps(meta, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_sr.model import adapters as lora_lib
+from lit_sr.model.adapters import AdapterSet, as_spec
 from lit_sr.model.blend import blend
 from lit_sr.model.backbone import Backbone
 from lit_sr.model.conditioning.base import Conditioner
+from lit_sr.model.modulation import Modulation
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
 from lit_sr.model.output import SROutput
 
@@ -39,7 +40,7 @@ class OneStepSR(nn.Module):
         noise: NoiseStrategy,
         conditioner: Conditioner,
         lora: dict | None = None,
-        modulation: nn.Module | None = None,
+        modulation: Modulation | None = None,
         scale: int = 4,
         vae_sample: bool = False,
         tile_latent: int | None = None,
@@ -71,44 +72,29 @@ class OneStepSR(nn.Module):
         self.size_multiple = self.vae_scale_factor * unet_down
         noise.attach(backbone.alphas_cumprod)
         conditioner.attach(backbone)
-        if modulation is not None and hasattr(modulation, "attach"):
+        if modulation is not None:
             modulation.attach(backbone)
         self.unet.requires_grad_(False)
         self.vae.requires_grad_(False)
+        self.adapters = AdapterSet(self.unet, self.vae)
         lora = lora or {}
-        self.unet_adapters: list[str] = []
-        self.vae_adapters: list[str] = []
         for name, spec in (lora.get("unet") or {}).items():
-            lora_lib.add_adapter(self.unet, name, lora_lib.as_spec(spec))
-            self.unet_adapters.append(name)
+            self.adapters.add("unet", name, as_spec(spec))
         for name, spec in (lora.get("vae") or {}).items():
-            spec = lora_lib.as_spec(spec)
+            spec = as_spec(spec)
             if spec.scope is None:
                 spec.scope = "encoder"  # the decoder stays frozen in every method of the catalogue
-            lora_lib.add_adapter(self.vae, name, spec)
-            self.vae_adapters.append(name)
-        self.use_adapters(self.unet_adapters, self.vae_adapters)
+            self.adapters.add("vae", name, spec)
+        # Every configured adapter is active and trainable until a training stage says otherwise.
+        self.unet_adapters: list[str] = self.adapters.names("unet")
+        self.vae_adapters: list[str] = self.adapters.names("vae")
+        self.adapters.activate(self.unet_adapters, self.vae_adapters)
+        for part, names in (("unet", self.unet_adapters), ("vae", self.vae_adapters)):
+            for name in names:
+                for p in self.adapters.parameters(part, name).values():
+                    p.requires_grad_(True)
         self._mod_maps: tuple[torch.Tensor, torch.Tensor] | None = None
         self.unet.conv_in.register_forward_hook(self._modulate_hook)
-
-    # ------------------------------------------------------------------ adapters
-    def use_adapters(self, unet: list[str] | None, vae: list[str] | None = None) -> None:
-        """Activate exactly these adapters (None/[]: base weights only)."""
-        self.active_unet = list(unet or [])
-        lora_lib.activate(self.unet, self.active_unet)
-        if vae is not None:
-            self.active_vae = list(vae)
-            lora_lib.activate(self.vae, self.active_vae)
-
-    @contextmanager
-    def adapters(self, unet: list[str] | None, vae: list[str] | None = None):
-        """Temporarily switch adapters (e.g. VSD's real/fake score networks)."""
-        prev_unet, prev_vae = self.active_unet, getattr(self, "active_vae", [])
-        self.use_adapters(unet, vae)
-        try:
-            yield
-        finally:
-            self.use_adapters(prev_unet, prev_vae)
 
     # ------------------------------------------------------------------ pieces
     def upsample(self, lq: torch.Tensor) -> torch.Tensor:
@@ -143,8 +129,8 @@ class OneStepSR(nn.Module):
         pretrained encoder, a reference that does not move during training).
         """
         with torch.no_grad():
-            if getattr(self.noise, "hq_encoder", "adapted") == "base":
-                with self.adapters(self.active_unet, []):
+            if self.noise.hq_encoder == "base":
+                with self.adapters.using(vae=[]):
                     return self.encode(y, generator)
             return self.encode(y, generator)
 
@@ -214,17 +200,17 @@ class OneStepSR(nn.Module):
         x = self.model_input(lq_up)  # cropped back to h × w below
         z_lq = self.encode(x, generator)
         z_hq = None
-        if hq is not None and getattr(self.noise, "needs_hq_latent", False):
+        if hq is not None and self.noise.needs_hq_latent:
             z_hq = self.encode_hq(self.model_input(hq), generator)  # padded like the LQ: the latents align
         ctx = NoiseContext(lq_up=x, z_lq=z_lq, training=self.training, knob=knob, z_hq=z_hq, generator=generator)
         t = self.noise.timesteps(ctx)
-        z_in, aux = self.noise.unet_input(ctx, t)
+        z_in = self.noise.unet_input(ctx, t)
         ehs = self.conditioner(x, batch)
         eps = self.unet_eps(z_in, t, ehs.to(z_in.dtype), self.modulation_maps(x, t))
-        z_hat = self.noise.to_x0(ctx, t, z_in, eps, aux)
+        z_hat = self.noise.to_x0(ctx, t, z_in, eps)
         sr = (self.decode(z_hat)[..., :h, :w] + 1) / 2
         return SROutput(sr=sr, z_hat=z_hat, z_lq=z_lq, t=t, eps_hat=eps, encoder_hidden_states=ehs,
-                        lq_up=lq_up, extras={"z_hq": z_hq, "z_in": z_in, **aux})
+                        lq_up=lq_up, z_in=z_in, z_hq=z_hq, extras=ctx.extras)
 
     def forward(self, lq: torch.Tensor, knob: Any = None, batch: dict | None = None) -> torch.Tensor:
         """LQ in [0, 1] → SR in [0, 1] at ``scale``× the size.
@@ -243,7 +229,7 @@ class OneStepSR(nn.Module):
 
     def endpoint_step(self, name: str, lq: torch.Tensor, knob: Any = None, **kwargs: Any) -> SROutput:
         """One pass with the adapters of endpoint ``name`` active."""
-        with self.adapters(self.endpoint_adapters[name], getattr(self, "active_vae", None)):
+        with self.adapters.using(unet=self.endpoint_adapters[name]):
             return self.step(lq, knob=knob, **kwargs)
 
     def endpoints(self, lq: torch.Tensor, knob: Any = None, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,8 +12,31 @@ The last conv of each branch starts at zero, so an untrained LQFM leaves the UNe
 """
 from __future__ import annotations
 
+import abc
+from typing import Any
+
 import torch
 from torch import nn
+
+from lit_sr.model.facts import Checked
+
+
+class Modulation(Checked, nn.Module, metaclass=abc.ABCMeta):
+    """The interface of feature modulation after ``unet.conv_in``: an image → (γ, β) maps.
+
+    ``attach(backbone)`` builds the layers once the backbone's sizes are known; ``forward(x, t)``
+    returns (γ, β) at latent resolution with conv_in's channels; the generator applies
+    ``h·(1 + λ_t·γ) + λ_t·β``.
+    """
+
+
+    @abc.abstractmethod
+    def attach(self, backbone) -> None:
+        """Build the layers for this backbone."""
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(γ, β) for ``x`` in [-1, 1] at timesteps ``t``."""
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -22,7 +45,7 @@ def _zero(module: nn.Module) -> nn.Module:
     return module
 
 
-class LQFM(nn.Module):
+class LQFM(Modulation):
     """Pixel-unshuffle + spatial feature transform producing (γ, β) for the UNet's first features.
 
     The layers are built by :meth:`attach` (the generator calls it with the backbone), because

@@ -20,4 +20,6 @@ class SROutput:
     eps_hat: torch.Tensor  # (B, C, h, w) UNet prediction
     encoder_hidden_states: torch.Tensor  # (B, L, D) conditioning the UNet saw
     lq_up: torch.Tensor  # (B, 3, H, W) upsampled LQ in [0, 1]
-    extras: dict = field(default_factory=dict)  # strategy/conditioner specific values
+    z_in: torch.Tensor  # (B, C, h, w) the latent the UNet saw (z_L, or noised)
+    z_hq: torch.Tensor | None = None  # (B, C, h, w) HQ latent, when the noise strategy asked for it
+    extras: dict = field(default_factory=dict)  # the noise strategy's values of this pass (NoiseContext.extras)

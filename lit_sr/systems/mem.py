@@ -1,6 +1,9 @@
 """MEMSystem: trains RCOD's metric estimator (:mod:`lit_sr.model.mem`) against a frozen generator."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -19,22 +22,27 @@ class MEMSystem(L.LightningModule):
     batch's device on use.
     """
 
-    def __init__(self, generator: nn.Module, estimator: MetricEstimator, lr: float = 1e-3,
-                 weight_decay: float = 0.0, config: dict | None = None) -> None:
+    def __init__(self, generator: nn.Module, estimator: MetricEstimator,
+                 optimizer: Callable[..., torch.optim.Optimizer] | None = None, config: dict | None = None) -> None:
         super().__init__()
         self._generator = FrozenModule(generator)
         self.estimator = estimator
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3)
         self.config = config or {}
         self.save_hyperparameters({"config": self.config})
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    partial_backward = False  # one optimizer, every estimator parameter in every backward
+
+    def averaged_parameters(self) -> list[nn.Parameter]:
+        return list(self.estimator.parameters())
 
     @property
     def generator(self) -> nn.Module:
         return self._generator.module
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.estimator.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return self.optimizer_factory(self.estimator.parameters())
 
     def _pairs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():

@@ -3,7 +3,7 @@
 A run is a list of stages (top-level ``stages:`` in the config); without one, a single implicit
 stage trains every adapter and module with every loss term. Each stage names
 
-* ``name``, ``steps`` — its length in training iterations (0 skips it; the last stage may leave it
+* ``name``, ``steps`` — its length in optimizer steps (0 skips it; the last stage may leave it
   null, and in any case lasts until ``trainer.max_steps``);
 * ``train_adapters`` / ``train_vae_adapters`` / ``train_modules`` — UNet adapters, VAE-encoder
   adapters and generator sub-modules (``modulation``, ``conditioner``) trained in this stage;
@@ -17,6 +17,10 @@ stage trains every adapter and module with every loss term. Each stage names
 * ``blend`` — ``{gamma: uniform}`` (IFCSR stage 2): the output losses see is
   ``(1−γ)·x_fid + γ·x_real`` with the fidelity endpoint computed under no_grad.
 
+:class:`Stage` is the typed config node (OmegaConf checks keys and types, ``__post_init__`` the
+values); :class:`StagePlan` turns a list of stages into what the system applies: the trainable
+units of each stage, the active adapters, the loss weights, and one optimizer layout for all.
+
 ``merge`` is rejected: merging an adapter into the shared base would also change the frozen
 "real" score network that VSD reads from the same base weights, and peft un-merges (rounding the
 base) whenever adapters are switched; ``freeze`` computes the same function without touching it.
@@ -25,13 +29,15 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
-from lit_sr.errors import ConfigError
+from omegaconf import MISSING, OmegaConf
+from torch import nn
 
-STAGE_KEYS = ("name", "steps", "train_adapters", "train_vae_adapters", "train_modules", "active_adapters",
-              "freeze", "merge", "add_adapters", "losses", "lr", "blend")
-BLEND_KEYS = ("gamma", "fidelity")
+from lit_sr.errors import ConfigError, FieldError
+from lit_sr.typed import typed
+from lit_sr.model.adapters import LoRASpec
+
 MODULE_KEYS = {"modulation": "modulation", "conditioner": "conditioning"}  # generator attribute → config node
 
 
@@ -39,29 +45,58 @@ MODULE_KEYS = {"modulation": "modulation", "conditioner": "conditioning"}  # gen
 class Blend:
     """IFCSR γ-blend of the trained (realism) pass with a frozen endpoint's image."""
 
-    gamma: str | float = "uniform"  # "uniform": γ ~ U(0, 1) per sample; a number: fixed γ
+    gamma: Any = "uniform"  # "uniform": γ ~ U(0, 1) per sample; a number in [0, 1]: fixed γ
     fidelity: str = "fidelity"  # the model.endpoints entry computed under no_grad
+
+    def __post_init__(self) -> None:
+        g = self.gamma
+        if g != "uniform" and (isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= 1):
+            raise FieldError("gamma", f"must be 'uniform' or a number in [0, 1], got {g!r}")
+        if g != "uniform":
+            self.gamma = float(g)
 
 
 @dataclass
 class Stage:
     """One training stage; ``None`` in a list field means "everything" (the implicit stage)."""
 
-    name: str
-    steps: int | None = None
-    train_adapters: list[str] | None = None
-    train_vae_adapters: list[str] | None = None
-    train_modules: list[str] | None = None
-    active_adapters: list[str] | None = None
+    name: str = MISSING
+    steps: Optional[int] = None
+    train_adapters: Optional[list[str]] = None
+    train_vae_adapters: Optional[list[str]] = None
+    train_modules: Optional[list[str]] = None
+    active_adapters: Optional[list[str]] = None
     freeze: list[str] = field(default_factory=list)
-    add_adapters: dict[str, dict] = field(default_factory=dict)
-    losses: dict[str, float | None] | None = None
-    lr: float | None = None
-    blend: Blend | None = None
+    merge: list[str] = field(default_factory=list)
+    add_adapters: dict[str, LoRASpec] = field(default_factory=dict)
+    losses: Optional[dict[str, Optional[float]]] = None
+    lr: Optional[float] = None
+    blend: Optional[Blend] = None
+
+    def __post_init__(self) -> None:
+        if self.merge:
+            raise FieldError("merge", "is not supported: merging into the shared base would also change VSD's real "
+                                      "score network; use freeze (same function, base untouched)")
+        if self.steps is not None and self.steps < 0:
+            raise FieldError("steps", f"must be a number of optimizer steps >= 0 (0 skips the stage), got {self.steps}")
+        if self.lr is not None and not self.lr > 0:
+            raise FieldError("lr", f"must be > 0, got {self.lr}")
+        if self.losses is not None:
+            if not self.losses:
+                raise FieldError("losses", "must map at least one term to a weight")
+            if all(w == 0.0 for w in self.losses.values()):
+                raise FieldError("losses", "is invalid: every weight is 0, nothing would train")
+        both = set(self.train_adapters or []) & set(self.freeze)
+        if both:
+            raise FieldError("freeze", f"is invalid: {sorted(both)[0]!r} is both trained and frozen")
+        if self.active_adapters is not None:
+            idle = set(self.train_adapters or []) - set(self.active_adapters)
+            if idle:
+                raise FieldError("active_adapters", f"lacks {sorted(idle)[0]!r}, which is trained (a trained adapter must be active)")
 
     @property
     def implicit(self) -> bool:
-        return self.train_adapters is None
+        return self.train_adapters is None and self.train_vae_adapters is None and self.train_modules is None
 
     def active_unet(self, all_adapters: list[str]) -> list[str] | None:
         """Active UNet adapters in generator order (None: keep the generator's own choice)."""
@@ -72,108 +107,45 @@ class Stage:
         return [a for a in all_adapters if a in wanted]
 
 
-def implicit_stage() -> Stage:
-    """The single stage of a run without ``stages:``: train everything with every loss."""
-    return Stage(name="train")
-
-
-def _as_list(value: Any, key: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ConfigError(f"bad value for '{key}': {value!r} (expected a list of names)")
-    return [str(v) for v in value]
-
-
 def parse_stages(node: Any) -> list[Stage]:
-    """Typed stages from the ``stages`` config node (a list of mappings); [] when absent."""
+    """Typed stages from a ``stages`` node (list of mappings, DictConfig or Stage objects); [] when absent.
+
+    OmegaConf checks keys and types against :class:`Stage`; every problem is a one-line
+    :class:`ConfigError` naming ``stages[i].key``.
+    """
     if node is None:
         return []
-    if hasattr(node, "_content") or hasattr(node, "_metadata"):  # OmegaConf node → plain containers
-        from omegaconf import OmegaConf
-
-        node = OmegaConf.to_container(node, resolve=True)
-    if not isinstance(node, (list, tuple)):
+    items = list(node) if OmegaConf.is_list(node) or isinstance(node, (list, tuple)) else None
+    if items is None:
         raise ConfigError(f"bad value for 'stages': expected a list of stages, got {type(node).__name__}")
-    stages: list[Stage] = []
-    for i, raw in enumerate(node):
+    stages = []
+    for i, raw in enumerate(items):
         key = f"stages[{i}]"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"bad value for '{key}': expected a mapping with name, steps, train_adapters, ...")
-        unknown = sorted(set(raw) - set(STAGE_KEYS))
-        if unknown:
-            raise ConfigError(f"unknown config key '{key}.{unknown[0]}' (accepted: {', '.join(STAGE_KEYS)})")
-        if _as_list(raw.get("merge"), f"{key}.merge"):
-            raise ConfigError(f"{key}.merge is not supported: merging into the shared base would also change VSD's "
-                              "real score network; use freeze (same function, base untouched)")
-        steps = raw.get("steps")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-            raise ConfigError(f"bad value for '{key}.steps': {steps!r} (a number of iterations >= 0; 0 skips the stage)")
-        if steps is None and i != len(node) - 1:
-            raise ConfigError(f"'{key}.steps' is missing: only the last stage may run until trainer.max_steps")
-        losses = raw.get("losses")
-        if losses is not None:
-            if not isinstance(losses, dict) or not losses:
-                raise ConfigError(f"bad value for '{key}.losses': expected {{term: weight}} with at least one term")
-            for term, w in losses.items():
-                if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))):
-                    raise ConfigError(f"bad value for '{key}.losses.{term}': {w!r} is not a number")
-            losses = {str(k): (None if v is None else float(v)) for k, v in losses.items()}
-            if all(v == 0.0 for v in losses.values()):
-                raise ConfigError(f"'{key}.losses': every weight is 0, nothing would train")
-        lr = raw.get("lr")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
-            raise ConfigError(f"bad value for '{key}.lr': {lr!r} (must be > 0)")
-        add = raw.get("add_adapters") or {}
-        if not isinstance(add, dict):
-            raise ConfigError(f"bad value for '{key}.add_adapters': expected {{name: LoRA spec}}")
-        stage = Stage(
-            name=str(raw.get("name") or f"stage{i}"),
-            steps=steps,
-            train_adapters=_as_list(raw.get("train_adapters"), f"{key}.train_adapters"),
-            train_vae_adapters=_as_list(raw.get("train_vae_adapters"), f"{key}.train_vae_adapters"),
-            train_modules=_as_list(raw.get("train_modules"), f"{key}.train_modules"),
-            active_adapters=(None if raw.get("active_adapters") is None
-                             else _as_list(raw.get("active_adapters"), f"{key}.active_adapters")),
-            freeze=_as_list(raw.get("freeze"), f"{key}.freeze"),
-            add_adapters={str(k): dict(v or {}) for k, v in add.items()},
-            losses=losses,
-            lr=None if lr is None else float(lr),
-            blend=_parse_blend(raw.get("blend"), f"{key}.blend"),
-        )
-        both = set(stage.train_adapters or []) & set(stage.freeze)
-        if both:
-            raise ConfigError(f"'{key}': adapter {sorted(both)[0]!r} is both trained and frozen")
-        if stage.active_adapters is not None:
-            idle = set(stage.train_adapters or []) - set(stage.active_adapters)
-            if idle:
-                raise ConfigError(f"'{key}': adapter {sorted(idle)[0]!r} is trained but not in active_adapters")
+        if isinstance(raw, Stage):
+            stages.append(raw)
+            continue
+        stage = typed(Stage, raw, key)
         if not (stage.train_adapters or stage.train_vae_adapters or stage.train_modules):
             raise ConfigError(f"'{key}' trains nothing: name train_adapters, train_vae_adapters or train_modules")
         stages.append(stage)
-    names = [s.name for s in stages]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"stage names must be unique, got {names}")
+    check_sequence(stages)
     return stages
 
 
-def _parse_blend(value: Any, key: str) -> Blend | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ConfigError(f"bad value for '{key}': expected {{gamma: uniform}}")
-    unknown = sorted(set(value) - set(BLEND_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown config key '{key}.{unknown[0]}' (accepted: {', '.join(BLEND_KEYS)})")
-    gamma = value.get("gamma", "uniform")
-    if gamma != "uniform" and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1):
-        raise ConfigError(f"bad value for '{key}.gamma': {gamma!r} (use 'uniform' or a number in [0, 1])")
-    return Blend(gamma=gamma if gamma == "uniform" else float(gamma), fidelity=str(value.get("fidelity", "fidelity")))
+def check_sequence(stages: list[Stage]) -> None:
+    """Checks across stages: only the last may run open-ended, names are unique, adapters added once."""
+    for i, stage in enumerate(stages[:-1]):
+        if stage.steps is None:
+            raise ConfigError(f"'stages[{i}].steps' is missing: only the last stage may run until trainer.max_steps")
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"stage names must be unique, got {names}")
+    added_adapters(stages)
 
 
-def added_adapters(stages: list[Stage]) -> dict[str, dict]:
+def added_adapters(stages: list[Stage]) -> dict[str, LoRASpec]:
     """Every adapter a stage adds (name → LoRA spec); the builder creates them up front."""
-    out: dict[str, dict] = {}
+    out: dict[str, LoRASpec] = {}
     for stage in stages:
         for name, spec in stage.add_adapters.items():
             if name in out:
@@ -182,27 +154,14 @@ def added_adapters(stages: list[Stage]) -> dict[str, dict]:
     return out
 
 
-def check_stages(cfg) -> None:
-    """Config-time check of the ``stages`` node against the lora, loss and model nodes."""
-    stages = parse_stages(cfg.get("stages"))
-    if not stages:
-        return
-    from omegaconf import OmegaConf
-
-    from lit_sr.model.adapters import LoRASpec
-    from lit_sr.config.compose import check_kwargs
-
-    lora = OmegaConf.to_container(cfg.lora, resolve=True) if cfg.get("lora") is not None else {}
-    unet = set((lora.get("unet") or {}))
-    vae = set((lora.get("vae") or {}))
+def check_against(stages: list[Stage], unet: set[str], vae: set[str], terms: set[str], modules: set[str],
+                  endpoints: set[str]) -> None:
+    """Each stage's names exist: adapters (configured + added), loss terms, modules, endpoints."""
     added = added_adapters(stages)
-    for name, spec in added.items():
-        if name in unet:
-            raise ConfigError(f"adapter {name!r} is both in lora.unet and a stage's add_adapters")
-        check_kwargs(LoRASpec, spec, f"add_adapters.{name}")
-    unet |= set(added)
-    terms = set((cfg.loss.get("terms") or {}) if cfg.get("loss") is not None else {})
-    endpoints = (cfg.get("model") or {}).get("endpoints") or {}
+    clash = sorted(set(added) & unet)
+    if clash:
+        raise ConfigError(f"adapter {clash[0]!r} is both in lora.unet and a stage's add_adapters")
+    unet = unet | set(added)
     for i, stage in enumerate(stages):
         key = f"stages[{i}]"
         for field_name in ("train_adapters", "freeze", "active_adapters"):
@@ -213,9 +172,9 @@ def check_stages(cfg) -> None:
             if a not in vae:
                 raise ConfigError(f"'{key}.train_vae_adapters': unknown VAE adapter {a!r}; have {sorted(vae)}")
         for m in stage.train_modules or []:
-            if m not in MODULE_KEYS or cfg.get(MODULE_KEYS[m]) is None:
+            if m not in modules:
                 raise ConfigError(f"'{key}.train_modules': {m!r} is not a configured generator module "
-                                  "(modulation, conditioner)")
+                                  f"({', '.join(sorted(MODULE_KEYS))}; configured: {sorted(modules) or 'none'})")
         for t in stage.losses or {}:
             if t not in terms:
                 raise ConfigError(f"'{key}.losses': unknown loss term {t!r}; have {sorted(terms)}")
@@ -224,10 +183,10 @@ def check_stages(cfg) -> None:
 
 
 class StageSchedule:
-    """Maps a training iteration to its stage (the last stage continues past its length)."""
+    """Maps an optimizer step to its stage (the last stage continues past its length)."""
 
     def __init__(self, stages: list[Stage]) -> None:
-        self.stages = list(stages) or [implicit_stage()]
+        self.stages = list(stages) or [Stage(name="train")]
         self.starts: list[int] = []
         start = 0
         for stage in self.stages:
@@ -238,8 +197,84 @@ class StageSchedule:
         return len(self.stages)
 
     def index(self, step: int) -> int:
-        """Index of the stage that iteration ``step`` (0-based) belongs to."""
+        """Index of the stage that optimizer step ``step`` (0-based) belongs to."""
         return max(bisect.bisect_right(self.starts, int(step)) - 1, 0)
 
     def __getitem__(self, i: int) -> Stage:
         return self.stages[i]
+
+
+class StagePlan(StageSchedule):
+    """What each stage trains, activates and weighs, for one generator and its loss terms.
+
+    Trainable *units* are ``unet:<adapter>``, ``vae:<adapter>`` and ``module:<child>`` (a
+    generator sub-module's own trainable parameters). :attr:`trained_units` — every unit trained in
+    some stage, in a fixed order — is the generator optimizer's layout (one parameter group per
+    unit), the same in every stage, so checkpoints of any stage load into any other.
+    """
+
+    def __init__(self, stages: list[Stage], generator: nn.Module, terms: dict[str, Any],
+                 exclude: set[int] | None = None) -> None:
+        super().__init__(stages)
+        self.generator, self.terms = generator, terms
+        self.units = self._collect_units(exclude or set())
+        for i, stage in enumerate(self.stages):
+            self._check(i, stage)
+        trained: list[str] = []
+        for stage in self.stages:
+            trained += [u for u in self.stage_units(stage) if u not in trained and self.units[u]]
+        self.trained_units = trained
+
+    def _collect_units(self, exclude: set[int]) -> dict[str, list[nn.Parameter]]:
+        g = self.generator
+        units: dict[str, list[nn.Parameter]] = {}
+        for part, names in (("unet", g.unet_adapters), ("vae", g.vae_adapters)):
+            for name in names:
+                units[f"{part}:{name}"] = list(g.adapters.parameters(part, name).values())
+        for child in MODULE_KEYS:
+            module = getattr(g, child, None)
+            if module is None:
+                continue
+            # The parameters the component itself leaves trainable (not, e.g., a frozen CLIP encoder).
+            params = [p for p in module.parameters() if p.requires_grad and id(p) not in exclude]
+            if params:
+                units[f"module:{child}"] = params
+        return units
+
+    def stage_units(self, stage: Stage) -> list[str]:
+        if stage.implicit:
+            return list(self.units)
+        names = [f"unet:{a}" for a in stage.train_adapters or []]
+        names += [f"vae:{a}" for a in stage.train_vae_adapters or []]
+        names += [f"module:{m}" for m in stage.train_modules or []]
+        return names
+
+    def _check(self, i: int, stage: Stage) -> None:
+        for m in stage.train_modules or []:
+            if f"module:{m}" not in self.units:
+                raise ValueError(f"stages[{i}]: module {m!r} has no trainable parameters (accepted: "
+                                 f"{', '.join(sorted(MODULE_KEYS))} when configured)")
+        if not self.stage_units(stage):
+            raise ValueError(f"stages[{i}] trains nothing")
+
+    def trainable(self, index: int) -> list[nn.Parameter]:
+        """The generator parameters stage ``index`` trains."""
+        return [p for unit in self.stage_units(self[index]) for p in self.units[unit]]
+
+    def active_unet(self, index: int) -> list[str]:
+        """The UNet adapters active in stage ``index`` (the generator's own adapters for the implicit stage)."""
+        active = self[index].active_unet(self.generator.unet_adapters)
+        return list(self.generator.unet_adapters) if active is None else active
+
+    def term_weights(self, index: int) -> dict[str, float]:
+        """Loss-term weights of stage ``index``; a weight of 0 switches the term off."""
+        losses = self[index].losses
+        weights = {n: float(t.weight if losses is None or losses.get(n) is None else losses[n])
+                   for n, t in self.terms.items() if losses is None or n in losses}
+        return {n: w for n, w in weights.items() if w != 0.0}
+
+    def unit_lrs(self, index: int, base_lr: float) -> dict[str, float]:
+        """Learning rate of every unit in :attr:`trained_units` during stage ``index`` (0: frozen)."""
+        train = set(self.stage_units(self[index]))
+        lr = self[index].lr or base_lr
+        return {unit: (lr if unit in train else 0.0) for unit in self.trained_units}

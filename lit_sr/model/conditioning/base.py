@@ -2,20 +2,29 @@
 from __future__ import annotations
 
 import abc
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from lit_sr.model.facts import Checked
 
-class Conditioner(nn.Module, metaclass=abc.ABCMeta):
+
+class Conditioner(Checked, nn.Module, metaclass=abc.ABCMeta):
     """Produces (B, L, D) cross-attention states, D = the UNet's cross-attention width.
 
     ``attach(backbone)`` is called once by the generator with the frozen pretrained parts; a
     conditioner keeps only what it needs (a cached embedding, a frozen encoder, its own MLP).
+
+    Hooks declared here: ``uses_text`` (per-image prompts are read from the batch),
+    ``negative_prompt`` (the conditioner's own unconditional prompt, for classifier-free
+    guidance users such as VSD's real score), :meth:`prompts_for`, :meth:`prompt_embedding` and
+    :meth:`requires`.
     """
 
-    #: True when the conditioner reads per-image text (prompts/tags) from the batch.
-    uses_text: bool = False
+    uses_text: ClassVar[bool] = False
+    negative_prompt: str | None = None
+
 
     @abc.abstractmethod
     def attach(self, backbone) -> None:
@@ -24,3 +33,11 @@ class Conditioner(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def forward(self, lq_up: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
         """``lq_up`` is the upsampled LQ in [-1, 1]; ``batch`` may carry prompts."""
+
+    def prompts_for(self, batch: dict | None, batch_size: int) -> list[str] | None:
+        """The text prompt each image of the batch is conditioned on (None: this conditioner reads no text)."""
+        return None
+
+    def prompt_embedding(self, prompt: str) -> torch.Tensor | None:
+        """(1, L, D) embedding of a fixed text prompt, or None when this conditioner cannot make one."""
+        return None

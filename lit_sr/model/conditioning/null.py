@@ -26,8 +26,12 @@ class NullConditioner(Conditioner):
 
     def attach(self, backbone) -> None:
         if backbone.text_encoder is None or backbone.tokenizer is None:
-            raise ConfigError("conditioning=null needs the backbone's text encoder (backbone.text_encoder=true)")
+            raise ConfigError("conditioning=empty needs the backbone's text encoder (backbone.text_encoder=true)")
         self.embedding = encode_prompts(backbone.text_encoder, backbone.tokenizer, [self.prompt]).float()
 
     def forward(self, lq_up: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
         return self.embedding.to(lq_up.dtype).expand(lq_up.shape[0], -1, -1)
+
+    def prompt_embedding(self, prompt: str) -> torch.Tensor | None:
+        # Only the one prompt embedded at attach: the text encoder is not kept.
+        return self.embedding if prompt == self.prompt and self.embedding.numel() else None

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lit_sr.model.conditioning.base import Conditioner
+from lit_sr.model.facts import RunFacts
 from lit_sr.model.conditioning.frozen import FrozenModule
 from lit_sr.model.conditioning.null import encode_prompts
 from lit_sr.errors import ConfigError
@@ -84,9 +85,9 @@ class TextConditioner(Conditioner):
         self.register_buffer("embedding", torch.empty(0), persistent=False)
         self.register_buffer("negative", torch.empty(0), persistent=False)
 
-    @staticmethod
-    def requires(cfg) -> str | None:
-        if not cfg.backbone.get("text_encoder", True):
+    @classmethod
+    def requires(cls, node, facts: RunFacts) -> str | None:
+        if not facts.text_encoder:
             return "conditioning=text needs the backbone's CLIP text encoder (set backbone.text_encoder=true)"
         return None
 
@@ -138,6 +139,13 @@ class TextConditioner(Conditioner):
         if all(p == self.prompt for p in prompts):
             return self.embedding.to(lq_up.dtype).expand(lq_up.shape[0], -1, -1)
         return self.encode(prompts, lq_up).to(lq_up.dtype)
+
+    def prompt_embedding(self, prompt: str) -> torch.Tensor | None:
+        if prompt == self.negative_prompt:
+            return self.negative
+        if prompt == self.prompt:
+            return self.embedding
+        return self.encode([prompt], self.embedding)[:1]
 
     def negative_embedding(self, batch_size: int = 1, ref: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, D) embedding of ``negative_prompt`` (for classifier-free guidance)."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.model.conditioning.base import Conditioner
+from lit_sr.model.facts import RunFacts
 from lit_sr.model.conditioning.frozen import FrozenModule
 from lit_sr.errors import ConfigError
 
@@ -42,9 +43,9 @@ class VPIMConditioner(Conditioner):
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
-    @staticmethod
-    def requires(cfg) -> str | None:
-        if not cfg.backbone.get("vision_encoder"):
+    @classmethod
+    def requires(cls, node, facts: RunFacts) -> str | None:
+        if not facts.vision_encoder:
             return ("conditioning=vpim needs a CLIP vision encoder: set backbone.vision_encoder=true (tiny) "
                     "or backbone.vision_encoder=/path/to/clip-vision (sd21)")
         return None

@@ -10,15 +10,21 @@ A strategy answers three questions for one generator pass:
 It also reports λ_t (the strength LQ feature modulation uses) so modulation follows the
 strategy. The knob is the same idea everywhere: one number (or named preset) chosen at
 inference that moves the output between fidelity and realism.
+
+Values a strategy computes in one pass (the injected noise, a latent metric) go into
+``ctx.extras``, the one bag that :meth:`to_x0` reads and the generator returns as
+``SROutput.extras``.
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from lit_sr.model.facts import Checked
 
 
 @dataclass
@@ -29,19 +35,52 @@ class NoiseContext:
     z_lq: torch.Tensor  # (B, C, h, w) scaled latent of the upsampled LQ
     training: bool
     knob: Any = None  # user's inference setting (None: the strategy's default)
-    z_hq: torch.Tensor | None = None  # latent of the HQ target (training only)
+    z_hq: torch.Tensor | None = None  # latent of the HQ target (training, when needs_hq_latent)
     generator: torch.Generator | None = None
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # the strategy's values of this pass
 
 
-class NoiseStrategy(nn.Module, metaclass=abc.ABCMeta):
-    """Base class; holds the diffusion schedule ᾱ_t attached by the generator."""
+def parse_timestep(knob: Any, num_train_timesteps: int, key: str) -> int:
+    """An integer timestep from an int or a string of one (CLI), checked against [0, T)."""
+    value: int | None = None
+    if isinstance(knob, bool):
+        value = None
+    elif isinstance(knob, int):
+        value = knob
+    elif isinstance(knob, float) and knob.is_integer():
+        value = int(knob)
+    elif isinstance(knob, torch.Tensor) and knob.numel() == 1 and not knob.is_floating_point():
+        value = int(knob)
+    elif isinstance(knob, str) and knob.strip().lstrip("+-").isdigit():
+        value = int(knob.strip())
+    if value is None:
+        raise ValueError(f"{key}: knob must be an integer timestep in [0, {num_train_timesteps or 1000}), got {knob!r}")
+    if num_train_timesteps and not 0 <= value < num_train_timesteps:
+        raise ValueError(f"{key}: knob t={value} outside the valid range [0, {num_train_timesteps})")
+    return value
+
+
+class NoiseStrategy(Checked, nn.Module, metaclass=abc.ABCMeta):
+    """Base class; holds the diffusion schedule ᾱ_t attached by the generator.
+
+    Hooks a strategy may set or override (all declared here):
+
+    * ``needs_hq_latent`` — the generator encodes the HQ target into ``ctx.z_hq`` in training;
+    * ``hq_encoder`` — which VAE encoder gives that latent (``adapted`` or ``base``);
+    * ``has_knob`` — whether :meth:`parse_knob` values change the output (curves need one);
+    * :meth:`requires` — combinations with the rest of the run that cannot work.
+    """
+
+    needs_hq_latent: ClassVar[bool] = False
+    has_knob: ClassVar[bool] = True
+    hq_encoder: str = "adapted"
 
     def __init__(self) -> None:
         super().__init__()
         # A plain attribute, not a buffer: ᾱ_999 ≈ 0.005 must not be rounded to bf16 when the
         # module is cast; it is moved to the input's device on use.
         self._alphas_cumprod = torch.empty(0, dtype=torch.float64)
+
 
     def attach(self, alphas_cumprod: torch.Tensor) -> None:
         self._alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64).clone()
@@ -70,15 +109,15 @@ class NoiseStrategy(nn.Module, metaclass=abc.ABCMeta):
         """(B,) long timesteps for this pass."""
 
     @abc.abstractmethod
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The latent the UNet sees, and strategy values ``to_x0`` needs (e.g. the injected noise)."""
+    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
+        """The latent the UNet sees; values :meth:`to_x0` needs (e.g. the injected noise) go into ``ctx.extras``."""
 
     @abc.abstractmethod
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor, aux: dict) -> torch.Tensor:
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
         """ẑ from the UNet's ε-prediction."""
 
     def parse_knob(self, knob: Any) -> Any:
-        """Validate a user knob (CLI string or number); raise ValueError with one line if bad."""
+        """Validate a user knob (CLI string or number); raise ValueError with one line naming the valid range."""
         return knob
 
     def knob_values(self) -> list:

@@ -31,15 +31,15 @@ metric estimated by a trained MEM (:mod:`lit_sr.model.mem`, ``mem_weights``) pic
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 
 from lit_sr.model.mem import MetricEstimator, load_mem
-from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
-from lit_sr.model.noise.rgpa import parse_timestep
+from lit_sr.model.facts import RunFacts
+from lit_sr.model.paths import MustExist
+from lit_sr.model.noise.base import NoiseContext, NoiseStrategy, parse_timestep
 
 PRESETS = ("fidelity", "neutral", "realism")
 _EDGE_TOL = 1e-6
@@ -56,8 +56,7 @@ HQ_ENCODERS = ("adapted", "base")  # which VAE encoder gives z_H (see OneStepSR.
 class LDGNoise(NoiseStrategy):
     """Timestep from the LQ/HQ latent similarity group (training) or the user's knob (inference)."""
 
-    #: The generator encodes the HQ target when this is set (training only).
-    needs_hq_latent = True
+    needs_hq_latent = True  # M_L compares the LQ latent with the HQ one
 
     def __init__(
         self,
@@ -70,7 +69,7 @@ class LDGNoise(NoiseStrategy):
         group_timesteps: list[int] | None = None,
         fixed_alpha_x0: float | None = None,
         default_knob: str | int = "neutral",
-        mem_weights: str | None = None,
+        mem_weights: Annotated[str, MustExist("file", "MEM file")] | None = None,
         hq_encoder: str = "adapted",
     ) -> None:
         super().__init__()
@@ -106,14 +105,11 @@ class LDGNoise(NoiseStrategy):
             self._mem = (load_mem(mem_weights),)
         self.default_knob = self.parse_knob(default_knob, check_range=False)
 
-    @staticmethod
-    def requires(cfg) -> str | None:
-        node = cfg.noise
+    @classmethod
+    def requires(cls, node, facts: RunFacts) -> str | None:
         if str(node.get("hq_encoder", "adapted")) not in HQ_ENCODERS:
             return f"noise.hq_encoder must be one of {HQ_ENCODERS}, got {node.get('hq_encoder')!r}"
         weights = node.get("mem_weights")
-        if weights and not Path(str(weights)).expanduser().is_file():
-            return f"noise.mem_weights: MEM file not found: {weights}"
         if str(node.get("default_knob")).strip().lower() == "adaptive" and not weights:
             return "noise.default_knob=adaptive needs noise.mem_weights (train a MEM with experiment=mem)"
         return None
@@ -197,11 +193,10 @@ class LDGNoise(NoiseStrategy):
             return self.timestep_for(metric)
         return self.full_timesteps(knob, z)
 
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        aux = {"latent_metric": ctx.extras["latent_metric"]} if "latent_metric" in ctx.extras else {}
-        return ctx.z_lq, aux
+    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
+        return ctx.z_lq
 
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor, aux: dict) -> torch.Tensor:
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
         if self.fixed_alpha_x0 is not None:
             a = torch.full((t.shape[0],), float(self.fixed_alpha_x0), device=t.device)
         else:

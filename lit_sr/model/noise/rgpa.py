@@ -27,30 +27,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
+from lit_sr.model.noise.base import NoiseContext, NoiseStrategy, parse_timestep
 
 _GRAY = (0.299, 0.587, 0.114)
 _SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
-
-
-def parse_timestep(knob: Any, num_train_timesteps: int, key: str) -> int:
-    """An integer timestep from an int or a string of one (CLI), checked against [0, T)."""
-    value: int | None = None
-    if isinstance(knob, bool):
-        value = None
-    elif isinstance(knob, int):
-        value = knob
-    elif isinstance(knob, float) and knob.is_integer():
-        value = int(knob)
-    elif isinstance(knob, torch.Tensor) and knob.numel() == 1 and not knob.is_floating_point():
-        value = int(knob)
-    elif isinstance(knob, str) and knob.strip().lstrip("+-").isdigit():
-        value = int(knob.strip())
-    if value is None:
-        raise ValueError(f"{key}: knob must be an integer timestep, got {knob!r}")
-    if num_train_timesteps and not 0 <= value < num_train_timesteps:
-        raise ValueError(f"{key}: knob t={value} outside [0, {num_train_timesteps})")
-    return value
 
 
 def gradient_weight(
@@ -155,15 +135,15 @@ class RGPANoise(NoiseStrategy):
                                  device=z.device, dtype=torch.long)
         return self.full_timesteps(self.parse_knob(ctx.knob), z)
 
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
         z = ctx.z_lq
         weight = self.weight(ctx)
         eps = torch.randn(z.shape, generator=ctx.generator, device=z.device, dtype=z.dtype)
         eps_a = weight * eps
         a = self.alpha_bar(t).to(z.dtype)[:, None, None, None]
-        z_t = a.sqrt() * z + (1.0 - a).sqrt() * eps_a
-        return z_t, {"eps_a": eps_a, "rgpa_weight": weight}
+        ctx.extras.update(eps_a=eps_a, rgpa_weight=weight)
+        return a.sqrt() * z + (1.0 - a).sqrt() * eps_a
 
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor, aux: dict) -> torch.Tensor:
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
         w = self.w(t).to(eps_hat.dtype)[:, None, None, None]
-        return ctx.z_lq + w * (aux["eps_a"] - eps_hat)
+        return ctx.z_lq + w * (ctx.extras["eps_a"] - eps_hat)

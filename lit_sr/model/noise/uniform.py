@@ -17,6 +17,8 @@ class UniformNoise(NoiseStrategy):
     There is no trade-off knob: a knob passed at inference has no effect (logged once).
     """
 
+    has_knob = False
+
     def __init__(self, timestep: int = 999) -> None:
         super().__init__()
         self.timestep = int(timestep)
@@ -38,9 +40,9 @@ class UniformNoise(NoiseStrategy):
             self.parse_knob(ctx.knob)
         return self.full_timesteps(self.timestep, ctx.z_lq)
 
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        return ctx.z_lq, {}
+    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
+        return ctx.z_lq
 
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor, aux: dict) -> torch.Tensor:
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
         a = self.alpha_bar(t).to(z_in.dtype)[:, None, None, None]
         return (z_in - (1.0 - a).sqrt() * eps_hat) / a.sqrt()

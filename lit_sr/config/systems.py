@@ -1,0 +1,69 @@
+"""The training systems built from config: ``conf/system/*.yaml`` name one of these as ``_target_``.
+
+``python train.py`` builds ``cfg.system`` with the composed config; ``experiment=mem`` selects
+``system=mem`` (RCOD's MEM trainer) instead of the SR system, with no special case in train.py.
+"""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from lit_sr.config.build import build_backbone, build_component, build_generator, build_losses, build_val_metrics
+from lit_sr.config.compose import resolve_target
+from lit_sr.config.loading import load_generator
+from lit_sr.errors import ConfigError
+from lit_sr.model.backbone import Backbone
+from lit_sr.model.generator import OneStepSR
+from lit_sr.model.noise.ldg import LDGNoise
+from lit_sr.systems.mem import MEMSystem
+from lit_sr.systems.sr import SRSystem
+from lit_sr.systems.stages import parse_stages
+
+
+def sr_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Backbone | None = None) -> SRSystem:
+    """The SR training system; loss terms are built before the backbone (their errors come first).
+
+    ``backbone`` (built here when neither it nor ``generator`` is given) is handed to the loss
+    terms' ``attach`` (e.g. VSD embeds its negative prompt) and not kept.
+    """
+    losses = build_losses(cfg)
+    stages = parse_stages(cfg.get("stages"))
+    if generator is None:
+        backbone = backbone if backbone is not None else build_backbone(cfg)
+        generator = build_generator(cfg, backbone)
+    optim = cfg.optim
+    return SRSystem(
+        generator,
+        losses,
+        optimizer=build_component(optim.get("optimizer"), "optim.optimizer"),
+        lr=float(optim.lr),
+        scheduler=build_component(optim.get("scheduler"), "optim.scheduler"),
+        grad_clip=optim.grad_clip,
+        accumulate_grad_batches=int(optim.accumulate_grad_batches),
+        val_metrics=build_val_metrics(cfg),
+        seed=int(cfg.seed),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        stages=stages,
+        backbone=backbone,
+    )
+
+
+def mem_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Backbone | None = None) -> MEMSystem:
+    """RCOD's MEM trainer (``experiment=mem``): a frozen trained LDG generator + a new estimator."""
+    node = cfg.get("mem")
+    if node is None:
+        raise ConfigError("system=mem trains RCOD's MEM and needs the mem node: use experiment=mem "
+                          "mem.generator_export=<trained LDG export>")
+    if generator is None:
+        generator, _ = load_generator(str(node.generator_export), list(node.get("generator_overrides") or []))
+    if not isinstance(generator.noise, LDGNoise):
+        raise ConfigError(f"experiment=mem: the MEM estimates LDG's latent metric, but {node.generator_export} was "
+                          f"trained with {type(generator.noise).__name__} (train the generator with noise=ldg)")
+    estimator = build_component(node.estimator, "mem.estimator", latent_channels=int(generator.vae.config.latent_channels))
+    return MEMSystem(generator, estimator, optimizer=build_component(node.get("optimizer"), "mem.optimizer"),
+                     config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def build_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Backbone | None = None):
+    """The system ``cfg.system._target_`` names (see ``conf/system``), built from the whole config."""
+    builder = resolve_target(str(cfg.system._target_), "system")
+    return builder(cfg, generator=generator, backbone=backbone)
