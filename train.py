@@ -6,16 +6,15 @@
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 import lightning as L
 import torch
 
+from lit_sr.cli import run_main
 from lit_sr.config.build import build_callbacks, build_datamodule, build_loggers, trainer_kwargs
 from lit_sr.config.compose import compose
 from lit_sr.config.systems import build_system
-from lit_sr.errors import LitSRError
 
 
 def run(overrides: list[str]) -> L.Trainer:
@@ -34,13 +33,7 @@ def run(overrides: list[str]) -> L.Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(list(sys.argv[1:] if argv is None else argv))
-    except LitSRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: run(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

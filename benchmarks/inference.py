@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS  # noqa: E402
 from lit_sr.model.backbone import Backbone, schedule_alphas_cumprod, tiny_backbone  # noqa: E402
 from lit_sr.model.conditioning.null import NullConditioner  # noqa: E402
 from lit_sr.model.generator import OneStepSR  # noqa: E402
-from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS  # noqa: E402
 from lit_sr.model.noise.uniform import UniformNoise  # noqa: E402
 
 LORA = {"unet": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from lit_sr.errors import ConfigError
-from lit_sr.metrics.sweep import KnobSweep, SweepPoint, SweepScores, seeded
-from lit_sr.metrics.table import Table
 from lit_sr.metrics.hypervolume import curve_hypervolume
 from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
+from lit_sr.metrics.sweep import KnobSweep, SweepPoint, SweepScores, seeded
+from lit_sr.metrics.table import Table
 from lit_sr.model.facts import Checked, RunFacts
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset

@@ -5,8 +5,8 @@ class LitSRError(Exception):
     """Base class: the CLI entry points print ``error: <message>`` and exit with status 2."""
 
 
-class ConfigError(LitSRError):
-    """A config key, value or component combination that cannot work."""
+class ConfigError(LitSRError, ValueError):
+    """A config key, value or component combination that cannot work (a bad value, hence a ValueError too)."""
 
 
 class WeightsError(LitSRError):

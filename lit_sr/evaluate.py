@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lit_sr.cli import run_main
 from lit_sr.errors import LitSRError
 from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
 from lit_sr.metrics.sweep import DEFAULT_GAMMAS, KnobSweep, SweepScores, seeded
@@ -244,23 +245,17 @@ def _table(suite: MetricSuite, args: argparse.Namespace, what: str, count: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    def body() -> None:
         args = parse_args(argv)
         table = evaluate(args)
-    except LitSRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad values from components (knobs, sizes)
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    text = table.markdown()
-    print(text, end="")
-    for path, content in ((args.out, text), (args.csv, table.csv())):
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(content, encoding="utf-8")
-    return 0
+        text = table.markdown()
+        print(text, end="")
+        for path, content in ((args.out, text), (args.csv, table.csv())):
+            if path:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).write_text(content, encoding="utf-8")
+
+    return run_main(body, (LitSRError, ValueError))  # ValueError: bad knob/size values from components
 
 
 if __name__ == "__main__":

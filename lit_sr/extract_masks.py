@@ -23,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.mask_cache_writer import MaskCacheWriter
 from datamodules.extraction import ExtractionDataModule
 from datamodules.mask_cache import MaskCache
-from lit_sr.systems.extract import MaskExtractor
+from lit_sr.cli import run_main
 from lit_sr.config.build import build_component
 from lit_sr.config.compose import CONF_DIR, compose
 from lit_sr.config.schema import ExtractConfig
-from lit_sr.errors import ConfigError, LitSRError
+from lit_sr.errors import ConfigError
+from lit_sr.systems.extract import MaskExtractor
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,12 @@ def run(overrides: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    def body() -> None:
         counts = run(list(sys.argv[1:] if argv is None else argv))
-    except LitSRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"mask cache: {counts['written']} written, {counts['skipped']} already cached, {counts['failed']} unreadable, "
-          f"{counts['entries']} entries")
-    return 0
+        print(f"mask cache: {counts['written']} written, {counts['skipped']} already cached, "
+              f"{counts['failed']} unreadable, {counts['entries']} entries")
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

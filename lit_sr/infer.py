@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from datamodules.imageio import is_image_path, load_image, save_image
+from lit_sr.cli import run_main
+from lit_sr.config.loading import load_generator
+from lit_sr.errors import ImageLoadError, LitSRError
 from lit_sr.model.blend import blend_many
 from lit_sr.model.colorfix import COLOR_FIXES, color_fix
-from lit_sr.errors import ImageLoadError, LitSRError
-from lit_sr.config.loading import load_generator
 
 log = logging.getLogger("lit_sr.infer")
 
@@ -96,16 +97,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(parse_args(argv))
-    except LitSRError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad knob/gamma values
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: run(parse_args(argv)), (LitSRError, ValueError))  # ValueError: bad knob/gamma
 
 
 if __name__ == "__main__":

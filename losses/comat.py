@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lit_sr.model import attention_capture
 from lit_sr.errors import ConfigError
+from lit_sr.model import attention_capture
 from lit_sr.model.facts import RunFacts
 from lit_sr.model.output import SROutput
 from losses.base import LossTerm

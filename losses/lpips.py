@@ -13,8 +13,7 @@ import os
 import torch
 from torch import nn
 
-from lit_sr.errors import WeightsError
-from lit_sr.model.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights
+from lit_sr.model.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights, read_weights, weight_like
 from losses.base import ImageLoss
 
 log = logging.getLogger(__name__)
@@ -79,20 +78,9 @@ class LPIPS(nn.Module):
 
     def load_heads(self, path: str | os.PathLike) -> None:
         """Load lpips' ``vgg.pth`` (keys ``lin{k}.model.1.weight``, shapes ``(1, C, 1, 1)``)."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise WeightsError(f"LPIPS weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"cannot read LPIPS weights {path}: {type(exc).__name__}: {exc}") from None
+        state = read_weights(path, "LPIPS")
         for k, head in enumerate(self.heads):
-            key = f"lin{k}.model.1.weight"
-            w = state.get(key) if isinstance(state, dict) else None
-            if w is None:
-                raise WeightsError(f"{path} is not an lpips 'vgg' v0.1 weights file: key {key} missing")
-            if tuple(w.shape) != tuple(head.weight.shape):
-                raise WeightsError(f"{path}: {key} has shape {tuple(w.shape)}, expected {tuple(head.weight.shape)}")
+            w = weight_like(state, f"lin{k}.model.1.weight", head.weight, path, "an lpips 'vgg' v0.1 weights file")
             with torch.no_grad():
                 head.weight.copy_(w)
 

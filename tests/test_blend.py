@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from lit_sr.model.blend import blend, blend_many
 from lit_sr.config.build import build_generator
 from lit_sr.config.systems import build_system
+from lit_sr.model.blend import blend, blend_many
 
 
 def _perturb(generator) -> None:

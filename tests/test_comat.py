@@ -4,11 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
-from omegaconf import OmegaConf
 
+from lit_sr.config.build import build_generator
 from lit_sr.model import attention_capture as capture
 from lit_sr.model.backbone import byte_level_clip_tokenizer
-from lit_sr.config.build import build_generator
 from losses.comat import CoMatLoss, positive_area_loss, token_indices
 
 

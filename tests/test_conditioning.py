@@ -7,12 +7,10 @@ import pytest
 import torch
 
 from lit_sr.config.build import build_generator
+from lit_sr.errors import ConfigError
 from lit_sr.model.conditioning.null import NullConditioner
 from lit_sr.model.conditioning.text import TextConditioner, load_prompt_file
 from lit_sr.model.conditioning.vpim import CLIP_MEAN, CLIP_STD, VPIMConditioner
-from lit_sr.errors import ConfigError
-
-
 
 
 # ------------------------------------------------------------------ VPIM

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from lit_sr.config.build import build_component, build_datamodule, build_generator, build_losses
 from lit_sr.config.compose import CONF_DIR, compose

@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lit_sr.config.build import build_generator
-from lit_sr.model.export import DIFFUSERS_FILE, export_adapter
 from lit_sr.config.loading import load_generator
+from lit_sr.model.export import DIFFUSERS_FILE, export_adapter
 
 
 def _perturb_adapters(generator) -> None:

@@ -17,13 +17,12 @@ from torch.utils.data import DataLoader
 
 from callbacks.fr_curve import FidelityRealismCurve
 from callbacks.sample_images import SampleImages
-from lit_sr.model.blend import blend
 from lit_sr.errors import ConfigError
+from lit_sr.metrics.hypervolume import curve_hypervolume, hypervolume_2d, pareto_front, to_maximization
 from lit_sr.metrics.suite import MetricWeights
 from lit_sr.metrics.sweep import KnobSweep
-from lit_sr.metrics.hypervolume import curve_hypervolume, hypervolume_2d, pareto_front, to_maximization
+from lit_sr.model.blend import blend
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
-
 
 # ------------------------------------------------------------------------------ hypervolume
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.errors import ConfigError
+from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.model.noise.base import NoiseContext
 from lit_sr.model.noise.ldg import LDGNoise, latent_cosine
-
-
 
 
 def _ldg(**kwargs) -> LDGNoise:

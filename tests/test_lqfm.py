@@ -8,8 +8,6 @@ from lit_sr.config.build import build_generator
 from lit_sr.model.modulation import LQFM
 
 
-
-
 def _randomise_last_layers(mod: LQFM, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

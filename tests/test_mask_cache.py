@@ -10,8 +10,16 @@ import torch
 from PIL import Image
 
 from datamodules.hr_folder import HRCropDataset
-from datamodules.mask_cache import (MASK_CACHE_VERSION, MaskCache, MaskCacheWarning, file_sha1, image_key,
-                                    mask_size_for, pack_masks, unpack_masks)
+from datamodules.mask_cache import (
+    MASK_CACHE_VERSION,
+    MaskCache,
+    MaskCacheWarning,
+    file_sha1,
+    image_key,
+    mask_size_for,
+    pack_masks,
+    unpack_masks,
+)
 from datamodules.sr_datamodule import DegradeCollate
 from datamodules.tmg_dataset import collate_mask_fields, wrap_with_masks
 from lit_sr.errors import ConfigError

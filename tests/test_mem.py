@@ -8,14 +8,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.errors import WeightsError
+from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.model.mem import MetricEstimator, generator_latents, load_mem, mem_features, save_mem
-from lit_sr.systems.mem import MEMSystem
 from lit_sr.model.noise.base import NoiseContext
 from lit_sr.model.noise.ldg import LDGNoise, latent_cosine
-
-
+from lit_sr.systems.mem import MEMSystem
 
 
 def _synthetic(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,10 +125,9 @@ def test_mem_system_trains_only_the_estimator(make_cfg, tiny_bb):
 
 def test_train_py_experiment_mem_end_to_end(make_cfg, tmp_path):
     """`python train.py experiment=mem mem.generator_export=...` writes a MEM file LDG can load."""
+    import train
     from lit_sr.config.build import build_generator
     from lit_sr.model.export import export_adapter
-
-    import train
 
     cfg = make_cfg("noise=ldg", "lora.vae=null")
     export = export_adapter(build_generator(cfg), tmp_path / "adapter", OmegaConf.to_container(cfg, resolve=True))

@@ -10,8 +10,6 @@ from lit_sr.model.noise.base import NoiseContext
 from lit_sr.model.noise.rgpa import RGPANoise, gradient_weight, patch_weight
 
 
-
-
 @pytest.fixture(scope="module")
 def rgpa() -> RGPANoise:
     noise = RGPANoise()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from lit_sr.config.systems import build_system
 from lit_sr.config.compose import validate
+from lit_sr.config.systems import build_system
 from lit_sr.errors import ConfigError
 from lit_sr.systems.stages import StageSchedule, parse_stages
 

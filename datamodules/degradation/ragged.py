@@ -20,7 +20,6 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 
-
 T = TypeVar("T")
 
 

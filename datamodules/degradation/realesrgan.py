@@ -29,15 +29,15 @@ convolution, and only JPEG, noise generation and resizing touch samples one by o
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 
 from datamodules.degradation.base import Degradation, DegradationRecord
 from datamodules.degradation.filters import (
@@ -52,6 +52,8 @@ from datamodules.degradation.filters import (
 from datamodules.degradation.jpeg import jpeg_ragged
 from datamodules.degradation.noise import add_noise
 from datamodules.degradation.ragged import Ragged, interpolate_output_size, resize_ragged
+from lit_sr.errors import ConfigError, FieldError
+from lit_sr.typed import typed
 
 KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
@@ -60,46 +62,44 @@ _SEED_HIGH = 2**31 - 1
 
 
 # --------------------------------------------------------------------------------------------
-# Config specs (one dataclass per node; unknown keys and bad values fail at construction)
+# Config specs: typed nodes (OmegaConf checks keys and types, __post_init__ the values)
 # --------------------------------------------------------------------------------------------
 
 
-def _range(path: str, value: Any, low: float | None = None, high: float | None = None) -> tuple[float, float]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise ValueError(f"{path} must be a [low, high] pair, got {value!r}")
+def _range(name: str, value: Sequence[float], low: float | None = None, high: float | None = None) -> tuple[float, float]:
+    if len(value) != 2:
+        raise FieldError(name, f"must be a [low, high] pair, got {list(value)!r}")
     lo, hi = float(value[0]), float(value[1])
     if not lo <= hi:
-        raise ValueError(f"{path} must have low <= high, got {value!r}")
+        raise FieldError(name, f"must have low <= high, got {list(value)!r}")
     if (low is not None and lo < low) or (high is not None and hi > high):
-        raise ValueError(f"{path} must lie in [{low}, {high}], got {value!r}")
+        raise FieldError(name, f"must lie in [{low}, {high}], got {list(value)!r}")
     return lo, hi
 
 
-def _probability(path: str, value: Any) -> float:
-    p = float(value)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{path} must be a probability in [0, 1], got {value!r}")
-    return p
+def _probability(name: str, value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise FieldError(name, f"must be a probability in [0, 1], got {value!r}")
+    return float(value)
 
 
-def _distribution(path: str, value: Any, length: int | None = None) -> tuple[float, ...]:
+def _distribution(name: str, value: Sequence[float], length: int | None = None) -> tuple[float, ...]:
     probs = tuple(float(v) for v in value)
     if length is not None and len(probs) != length:
-        raise ValueError(f"{path} must have {length} entries, got {len(probs)}")
+        raise FieldError(name, f"must have {length} entries, got {len(probs)}")
     if not probs or any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
-        raise ValueError(f"{path} must be non-negative and sum to 1, got {list(value)!r}")
+        raise FieldError(name, f"must be non-negative and sum to 1, got {list(value)!r}")
     return probs
 
 
-def _choices(path: str, value: Any, allowed: Sequence[str]) -> tuple[str, ...]:
-    items = tuple(str(v) for v in value)
-    unknown = [v for v in items if v not in allowed]
+def _choices(name: str, value: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    unknown = [v for v in value if v not in allowed]
     if unknown:
-        raise ValueError(f"{path}: unknown value(s) {unknown}; allowed: {list(allowed)}")
-    return items
+        raise FieldError(name, f"has unknown value(s) {unknown}; allowed: {list(allowed)}")
+    return tuple(value)
 
 
-@dataclass(frozen=True)
+@dataclass
 class BlurSpec:
     """Random blur kernel. Defaults are Real-ESRGAN's first-stage kernel settings.
 
@@ -108,43 +108,42 @@ class BlurSpec:
     """
 
     prob: float = 1.0
-    kernel_list: tuple[str, ...] = KERNEL_KINDS
-    kernel_prob: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
-    sigma: tuple[float, float] = (0.2, 3.0)
-    betag: tuple[float, float] = (0.5, 4.0)
-    betap: tuple[float, float] = (1.0, 2.0)
+    kernel_list: list[str] = field(default_factory=lambda: list(KERNEL_KINDS))
+    kernel_prob: list[float] = field(default_factory=lambda: [0.45, 0.25, 0.12, 0.03, 0.12, 0.03])
+    sigma: list[float] = field(default_factory=lambda: [0.2, 3.0])
+    betag: list[float] = field(default_factory=lambda: [0.5, 4.0])
+    betap: list[float] = field(default_factory=lambda: [1.0, 2.0])
     sinc_prob: float = 0.1
-    sinc_cutoff: tuple[float, float] = (0.2, 1.0)
-    sinc_cutoff_small: tuple[float, float] | None = (1.0 / 3.0, 1.0)
-    sizes: tuple[int, ...] = (7, 9, 11, 13, 15, 17, 19, 21)
+    sinc_cutoff: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    sinc_cutoff_small: Optional[list[float]] = field(default_factory=lambda: [1.0 / 3.0, 1.0])
+    sizes: list[int] = field(default_factory=lambda: [7, 9, 11, 13, 15, 17, 19, 21])
 
-    def validated(self, path: str) -> "BlurSpec":
-        kinds = _choices(f"{path}.kernel_list", self.kernel_list, KERNEL_KINDS)
-        probs = _distribution(f"{path}.kernel_prob", self.kernel_prob, len(kinds)) if kinds else ()
-        sinc_prob = _probability(f"{path}.sinc_prob", self.sinc_prob)
-        if not kinds and sinc_prob < 1.0:
-            raise ValueError(f"{path}.kernel_list is empty, so {path}.sinc_prob must be 1")
-        sizes = tuple(int(s) for s in self.sizes)
-        if not sizes or any(s < 1 or s % 2 == 0 for s in sizes):
-            raise ValueError(f"{path}.sizes must be positive odd kernel sizes, got {list(self.sizes)!r}")
-        cutoff = _range(f"{path}.sinc_cutoff", self.sinc_cutoff, 0.0, 1.0)
-        if cutoff[0] <= 0:
-            raise ValueError(f"{path}.sinc_cutoff must be > 0 (ω_c/π), got {list(self.sinc_cutoff)!r}")
-        small = cutoff if self.sinc_cutoff_small is None else _range(f"{path}.sinc_cutoff_small", self.sinc_cutoff_small, 0.0, 1.0)
+    def __post_init__(self) -> None:
+        self.prob = _probability("prob", self.prob)
+        self.kernel_list = _choices("kernel_list", self.kernel_list, KERNEL_KINDS)
+        self.kernel_prob = _distribution("kernel_prob", self.kernel_prob, len(self.kernel_list)) if self.kernel_list else ()
+        self.sinc_prob = _probability("sinc_prob", self.sinc_prob)
+        if not self.kernel_list and self.sinc_prob < 1.0:
+            raise FieldError("kernel_list", "is empty, so sinc_prob must be 1")
+        if not self.sizes or any(s < 1 or s % 2 == 0 for s in self.sizes):
+            raise FieldError("sizes", f"must be positive odd kernel sizes, got {list(self.sizes)!r}")
+        self.sizes = tuple(int(s) for s in self.sizes)
+        self.sinc_cutoff = _range("sinc_cutoff", self.sinc_cutoff, 0.0, 1.0)
+        if self.sinc_cutoff[0] <= 0:
+            raise FieldError("sinc_cutoff", f"must be > 0 (ω_c/π), got {list(self.sinc_cutoff)!r}")
+        small = self.sinc_cutoff if self.sinc_cutoff_small is None else _range("sinc_cutoff_small", self.sinc_cutoff_small, 0.0, 1.0)
         if small[0] <= 0:
-            raise ValueError(f"{path}.sinc_cutoff_small must be > 0 (ω_c/π), got {list(small)!r}")
-        sigma = _range(f"{path}.sigma", self.sigma, 0.0)
-        if sigma[0] <= 0 and kinds:
-            raise ValueError(f"{path}.sigma must be > 0, got {list(self.sigma)!r}")
-        betag = _range(f"{path}.betag", self.betag, 0.0)
-        betap = _range(f"{path}.betap", self.betap, 0.0)
-        if betag[0] <= 0 or betap[0] <= 0:
-            raise ValueError(f"{path}.betag and {path}.betap must be > 0")
-        return BlurSpec(_probability(f"{path}.prob", self.prob), kinds, probs, sigma, betag, betap,
-                        sinc_prob, cutoff, small, sizes)
+            raise FieldError("sinc_cutoff_small", f"must be > 0 (ω_c/π), got {list(small)!r}")
+        self.sinc_cutoff_small = small
+        self.sigma = _range("sigma", self.sigma, 0.0)
+        if self.sigma[0] <= 0 and self.kernel_list:
+            raise FieldError("sigma", f"must be > 0, got {list(self.sigma)!r}")
+        self.betag, self.betap = _range("betag", self.betag, 0.0), _range("betap", self.betap, 0.0)
+        if self.betag[0] <= 0 or self.betap[0] <= 0:
+            raise FieldError("betag", "and betap must be > 0")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ResizeSpec:
     """Random rescale: direction up/down/keep with ``prob``, factor in ``[1, range[1]]`` / ``[range[0], 1]``.
 
@@ -153,129 +152,92 @@ class ResizeSpec:
     keep-only ``prob`` it lands exactly on the LQ size.
     """
 
-    prob: tuple[float, float, float] = (0.0, 0.0, 1.0)
-    range: tuple[float, float] = (1.0, 1.0)
-    modes: tuple[str, ...] = RESIZE_MODES
+    prob: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0])
+    range: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    modes: list[str] = field(default_factory=lambda: list(RESIZE_MODES))
     relative_to: str = "input"
 
-    def validated(self, path: str) -> "ResizeSpec":
-        prob = _distribution(f"{path}.prob", self.prob, 3)
-        lo, hi = _range(f"{path}.range", self.range)
+    def __post_init__(self) -> None:
+        self.prob = _distribution("prob", self.prob, 3)
+        lo, hi = _range("range", self.range)
         if not 0 < lo <= 1.0 <= hi:
-            raise ValueError(f"{path}.range must satisfy 0 < low <= 1 <= high, got {list(self.range)!r}")
-        modes = _choices(f"{path}.modes", self.modes, RESIZE_MODES)
-        if not modes:
-            raise ValueError(f"{path}.modes must not be empty")
+            raise FieldError("range", f"must satisfy 0 < low <= 1 <= high, got {list(self.range)!r}")
+        self.range = (lo, hi)
+        self.modes = _choices("modes", self.modes, RESIZE_MODES)
+        if not self.modes:
+            raise FieldError("modes", "must not be empty")
         if self.relative_to not in ("input", "output"):
-            raise ValueError(f"{path}.relative_to must be 'input' or 'output', got {self.relative_to!r}")
-        return ResizeSpec(prob, (lo, hi), modes, self.relative_to)  # type: ignore[arg-type]
+            raise FieldError("relative_to", f"must be 'input' or 'output', got {self.relative_to!r}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class NoiseSpec:
     """Gaussian noise (σ on the 0–255 scale) with ``gaussian_prob``, else Poisson noise; gray with ``gray_prob``."""
 
     gaussian_prob: float = 0.5
-    gaussian_sigma: tuple[float, float] = (1.0, 30.0)
-    poisson_scale: tuple[float, float] = (0.05, 3.0)
+    gaussian_sigma: list[float] = field(default_factory=lambda: [1.0, 30.0])
+    poisson_scale: list[float] = field(default_factory=lambda: [0.05, 3.0])
     gray_prob: float = 0.4
 
-    def validated(self, path: str) -> "NoiseSpec":
-        return NoiseSpec(
-            _probability(f"{path}.gaussian_prob", self.gaussian_prob),
-            _range(f"{path}.gaussian_sigma", self.gaussian_sigma, 0.0),
-            _range(f"{path}.poisson_scale", self.poisson_scale, 0.0),
-            _probability(f"{path}.gray_prob", self.gray_prob),
-        )
+    def __post_init__(self) -> None:
+        self.gaussian_prob = _probability("gaussian_prob", self.gaussian_prob)
+        self.gaussian_sigma = _range("gaussian_sigma", self.gaussian_sigma, 0.0)
+        self.poisson_scale = _range("poisson_scale", self.poisson_scale, 0.0)
+        self.gray_prob = _probability("gray_prob", self.gray_prob)
 
 
-@dataclass(frozen=True)
+@dataclass
 class JpegSpec:
     """JPEG quality drawn uniformly from ``quality`` (rounded to an integer when encoding)."""
 
-    quality: tuple[float, float] = (30.0, 95.0)
+    quality: list[float] = field(default_factory=lambda: [30.0, 95.0])
 
-    def validated(self, path: str) -> "JpegSpec":
-        return JpegSpec(_range(f"{path}.quality", self.quality, 1.0, 100.0))
+    def __post_init__(self) -> None:
+        self.quality = _range("quality", self.quality, 1.0, 100.0)
 
 
-@dataclass(frozen=True)
+@dataclass
 class StageSpec:
     """One degradation round: its ops, the probability it runs at all, and the orders it may use."""
 
-    name: str
+    name: str = MISSING
     prob: float = 1.0
-    blur: BlurSpec | None = None
-    resize: ResizeSpec | None = None
-    noise: NoiseSpec | None = None
-    jpeg: JpegSpec | None = None
-    orders: tuple[tuple[str, ...], ...] | None = None
-    order_prob: tuple[float, ...] | None = None
+    blur: Optional[BlurSpec] = None
+    resize: Optional[ResizeSpec] = None
+    noise: Optional[NoiseSpec] = None
+    jpeg: Optional[JpegSpec] = None
+    orders: Optional[list[list[str]]] = None
+    order_prob: Optional[list[float]] = None
 
     @property
     def ops(self) -> tuple[str, ...]:
         return tuple(op for op in OPS if getattr(self, op) is not None)
 
-    def validated(self, path: str) -> "StageSpec":
-        name = str(self.name)
-        if not name or "." in name:
-            raise ValueError(f"{path}.name must be a non-empty string without '.', got {self.name!r}")
+    def __post_init__(self) -> None:
+        if not self.name or "." in self.name:
+            raise FieldError("name", f"must be a non-empty string without '.', got {self.name!r}")
         ops = self.ops
-        orders = tuple(tuple(str(op) for op in order) for order in self.orders) if self.orders else (ops,)
-        for order in orders:
+        self.orders = tuple(tuple(order) for order in self.orders) if self.orders else (ops,)
+        for order in self.orders:
             if sorted(order) != sorted(ops):
-                raise ValueError(f"{path}.orders: {list(order)} must list each of the stage's ops {list(ops)} once")
-        order_prob = (
-            _distribution(f"{path}.order_prob", self.order_prob, len(orders))
-            if self.order_prob is not None
-            else tuple(1.0 / len(orders) for _ in orders)
-        )
-        return dataclasses.replace(self, name=name, prob=_probability(f"{path}.prob", self.prob),
-                                   orders=orders, order_prob=order_prob)
-
-
-_SPECS: dict[str, type] = {"blur": BlurSpec, "resize": ResizeSpec, "noise": NoiseSpec, "jpeg": JpegSpec}
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (or any mapping/sequence) → dicts, tuples and scalars."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-def _build(cls: type, path: str, node: Any) -> Any:
-    if not isinstance(node, Mapping):
-        raise TypeError(f"{path} must be a mapping of {cls.__name__} keys, got {type(node).__name__}")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(node) - set(allowed))
-    if unknown:
-        raise TypeError(f"{path}: unknown key(s) {unknown}; allowed: {allowed}")
-    kwargs = dict(node)
-    if cls is StageSpec:
-        for op, spec_cls in _SPECS.items():
-            if kwargs.get(op) is not None:
-                kwargs[op] = _build(spec_cls, f"{path}.{op}", kwargs[op])
-        if "name" not in kwargs:
-            raise TypeError(f"{path}: missing key 'name'")
-    return cls(**kwargs).validated(path)
+                raise FieldError("orders", f"has {list(order)}, but must list each of the stage's ops {list(ops)} once")
+        self.order_prob = (_distribution("order_prob", self.order_prob, len(self.orders)) if self.order_prob is not None
+                           else tuple(1.0 / len(self.orders) for _ in self.orders))
+        self.prob = _probability("prob", self.prob)
 
 
 def parse_stages(stages: Any) -> tuple[StageSpec, ...]:
-    """Validate a ``stages`` config list (plain or OmegaConf) into specs."""
-    stages = _plain(stages)
-    if not isinstance(stages, tuple) or not stages:
-        raise ValueError("stages must be a non-empty list of stage mappings")
-    specs = tuple(_build(StageSpec, f"stages[{i}]", node) for i, node in enumerate(stages))
+    """Typed stages from a ``stages`` config list (plain or OmegaConf); one-line errors name the key."""
+    if not stages:
+        raise ConfigError("stages must be a non-empty list of stage mappings")
+    specs = tuple(typed(StageSpec, node, f"stages[{i}]") for i, node in enumerate(stages))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"stage names must be unique, got {names}")
+        raise ConfigError(f"stage names must be unique, got {names}")
     last = specs[-1]
     if (last.resize is None or last.resize.relative_to != "output" or last.resize.prob != (0.0, 0.0, 1.0)
             or last.prob != 1.0):
-        raise ValueError(
+        raise ConfigError(
             f"stages[{len(specs) - 1}] ({last.name!r}) must always run and end at the LQ size: "
             "give it prob 1 and resize: {relative_to: output, prob: [0, 0, 1]}"
         )
@@ -440,7 +402,7 @@ class RealESRGANDegradation(Degradation):
 
     def __init__(
         self,
-        stages: Sequence[Mapping[str, Any]],
+        stages: list[StageSpec],
         scale: int = 4,
         usm_target: bool = False,
         usm_radius: int = 50,
@@ -457,7 +419,9 @@ class RealESRGANDegradation(Degradation):
         self.usm_radius = int(usm_radius)
         self.usm_weight = float(usm_weight)
         self.usm_threshold = float(usm_threshold)
-        self.clean_prob = _probability("clean_prob", clean_prob)
+        if not 0.0 <= clean_prob <= 1.0:
+            raise ValueError(f"clean_prob must be a probability in [0, 1], got {clean_prob!r}")
+        self.clean_prob = float(clean_prob)
         self.round_output = bool(round_output)
 
     # ----------------------------------------------------------------------------- sampling

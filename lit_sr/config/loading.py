@@ -17,9 +17,9 @@ from omegaconf.errors import OmegaConfBaseException
 from lit_sr.config.build import build_generator
 from lit_sr.config.compose import validate
 from lit_sr.errors import ConfigError, WeightsError
-from lit_sr.typed import config_error_line
 from lit_sr.model.export import CONFIG_FILE, load_export
 from lit_sr.model.generator import OneStepSR
+from lit_sr.typed import config_error_line
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

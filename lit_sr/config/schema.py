@@ -26,7 +26,6 @@ from lit_sr.model.adapters import OSEDIFF_UNET_TARGETS, OSEDIFF_VAE_TARGETS, LoR
 from lit_sr.model.paths import MustExist
 from lit_sr.systems.stages import Stage
 
-
 # ------------------------------------------------------------------------------ training root
 
 @dataclass

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lit_sr.errors import WeightsError
 from lit_sr.metrics.base import FrozenNetMetric, require_weights, warn_once
-from lit_sr.model.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights
+from lit_sr.model.vgg import LPIPS_TAPS, VGG16Features, load_vgg16_weights, read_weights, weight_like
 
 DISTS_CHANNELS: tuple[int, ...] = (3, 64, 128, 256, 512, 512)
 _C1 = _C2 = 1e-6
@@ -54,20 +53,10 @@ class DISTS(nn.Module):
 
     def load_alpha_beta(self, path: str | os.PathLike) -> None:
         """Load ``alpha`` and ``beta`` from DISTS' ``weights.pt``."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise WeightsError(f"DISTS weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WeightsError(f"cannot read DISTS weights {path}: {type(exc).__name__}: {exc}") from None
+        state = read_weights(path, "DISTS")
         for key in ("alpha", "beta"):
-            t = state.get(key) if isinstance(state, dict) else None
-            if t is None:
-                raise WeightsError(f"{path} is not a DISTS weights.pt file: key {key!r} missing")
             own = getattr(self, key)
-            if tuple(t.shape) != tuple(own.shape):
-                raise WeightsError(f"{path}: {key} has shape {tuple(t.shape)}, expected {tuple(own.shape)}")
+            t = weight_like(state, key, own, path, "a DISTS weights.pt file")
             with torch.no_grad():
                 own.copy_(t)
 

@@ -1,7 +1,6 @@
 """SSIM, per image then averaged, on the Y channel or RGB, after a border crop (BasicSR's protocol)."""
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

@@ -12,7 +12,6 @@ with a smooth window, so peak memory follows the tile, not the image.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -20,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.model.adapters import AdapterSet, as_spec
-from lit_sr.model.blend import blend
 from lit_sr.model.backbone import Backbone
+from lit_sr.model.blend import blend
 from lit_sr.model.conditioning.base import Conditioner
 from lit_sr.model.modulation import Modulation
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy

@@ -27,17 +27,14 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from lit_sr.errors import WeightsError
+from lit_sr.model.image_ops import filter_responses, gray
 
 MEM_FORMAT = "lit_sr_mem"
-_GRAY = (0.299, 0.587, 0.114)
-_LAPLACE = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
-_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
 
 
 def mem_features(z_lq: torch.Tensor, lq_up: torch.Tensor) -> torch.Tensor:
@@ -46,14 +43,11 @@ def mem_features(z_lq: torch.Tensor, lq_up: torch.Tensor) -> torch.Tensor:
     mean = z.mean(dim=(2, 3))
     std = z.std(dim=(2, 3), unbiased=False)
     grad = (z[..., :, 1:] - z[..., :, :-1]).abs().mean(dim=(2, 3)) + (z[..., 1:, :] - z[..., :-1, :]).abs().mean(dim=(2, 3))
-    x = lq_up.float() * 0.5 + 0.5
-    gray = (x[:, :3] * torch.tensor(_GRAY, device=x.device).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
-    kx = torch.tensor(_SOBEL_X, device=x.device)
-    kernels = torch.stack([kx, kx.t(), torch.tensor(_LAPLACE, device=x.device)])[:, None]
-    resp = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels).abs()
+    g = gray(lq_up.float() * 0.5 + 0.5)
+    resp = filter_responses(g, laplacian=True)
     sobel = (resp[:, 0] + resp[:, 1]).mean(dim=(1, 2))
     lap = resp[:, 2].mean(dim=(1, 2))
-    img = torch.stack([sobel, lap, gray.flatten(1).std(dim=1, unbiased=False)], dim=1)
+    img = torch.stack([sobel, lap, g.flatten(1).std(dim=1, unbiased=False)], dim=1)
     return torch.cat([mean, std, grad, img], dim=1)
 
 

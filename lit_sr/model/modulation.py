@@ -13,7 +13,6 @@ The last conv of each branch starts at zero, so an untrained LQFM leaves the UNe
 from __future__ import annotations
 
 import abc
-from typing import Any
 
 import torch
 from torch import nn

@@ -129,23 +129,39 @@ class VGG16Features(nn.Module):
         return [found[i] for i in idx]
 
 
+def read_weights(path: str | os.PathLike, what: str) -> dict:
+    """A torch weight file as a dict, read with ``weights_only`` (no code runs); one-line errors naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsError(f"{what} weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt/truncated/not a torch file: one line, naming the file
+        raise WeightsError(f"cannot read {what} weights {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} does not hold a state dict")
+    return state
+
+
+def weight_like(state: dict, key: str, like: torch.Tensor, path: str | os.PathLike, kind: str) -> torch.Tensor:
+    """``state[key]``, checked to exist and to have ``like``'s shape (``kind`` names the expected file)."""
+    value = state.get(key)
+    if value is None:
+        raise WeightsError(f"{os.fspath(path)} is not {kind}: key {key!r} missing")
+    if tuple(value.shape) != tuple(like.shape):
+        raise WeightsError(f"{os.fspath(path)}: {key} has shape {tuple(value.shape)}, expected {tuple(like.shape)}")
+    return value
+
+
 def load_vgg16_weights(model: VGG16Features, path: str | os.PathLike) -> VGG16Features:
     """Load torchvision VGG16 ImageNet weights (e.g. ``vgg16-397923af.pth``) into ``model``.
 
     ``classifier.*`` keys are ignored, as are layers deeper than ``model.last_layer``. A file
     saved from ``vgg.features`` alone (keys ``0.weight`` …) is accepted too.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise WeightsError(f"VGG16 weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt/truncated/not a torch file: one line, naming the file
-        raise WeightsError(f"cannot read VGG16 weights {path}: {type(exc).__name__}: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+    state = read_weights(path, "VGG16")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} does not hold a state dict")
     if not any(k.startswith("features.") for k in state):
         state = {f"features.{k}": v for k, v in state.items()}
     own = model.state_dict()
@@ -154,11 +170,6 @@ def load_vgg16_weights(model: VGG16Features, path: str | os.PathLike) -> VGG16Fe
         raise WeightsError(
             f"{path} is not a torchvision VGG16 weights file: {len(missing)} keys missing (first: {missing[0]})"
         )
-    bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise WeightsError(
-            f"{path} does not fit VGG16: {bad[0]} has shape {tuple(state[bad[0]].shape)}, "
-            f"expected {tuple(own[bad[0]].shape)}"
-        )
-    model.load_state_dict({k: state[k] for k in own}, strict=True)
+    model.load_state_dict({k: weight_like(state, k, v, path, "a torchvision VGG16 weights file") for k, v in own.items()},
+                          strict=True)
     return model

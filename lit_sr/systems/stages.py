@@ -35,8 +35,8 @@ from omegaconf import MISSING, OmegaConf
 from torch import nn
 
 from lit_sr.errors import ConfigError, FieldError
-from lit_sr.typed import typed
 from lit_sr.model.adapters import LoRASpec
+from lit_sr.typed import typed
 
 MODULE_KEYS = {"modulation": "modulation", "conditioner": "conditioning"}  # generator attribute → config node
 

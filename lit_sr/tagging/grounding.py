@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_sr.model.backbone import parse_dtype
 from lit_sr.errors import WeightsError
+from lit_sr.model.backbone import parse_dtype
 from lit_sr.tagging.base import IMAGENET_MEAN, IMAGENET_STD, resize_normalize
 
 
@@ -278,8 +278,14 @@ def tiny_grounding_dino(vocab_size: int = 1030, max_text_len: int = 64):
 
 def tiny_sam2(image_size: int = 128):
     """A small random ``Sam2Model`` (Hiera + FPN + mask decoder), ~0.2 M parameters."""
-    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2Model,
-                              Sam2PromptEncoderConfig, Sam2VisionConfig)
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
 
     s = image_size // 4
     # Global attention must not sit on a stage's first (pooling) block: stages [1, 1, 2, 1], block 3.

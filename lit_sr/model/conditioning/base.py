@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from lit_sr.model.conditioning.base import Conditioner
 from lit_sr.errors import ConfigError
+from lit_sr.model.conditioning.base import Conditioner
 
 
 @torch.no_grad()

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from lit_sr.errors import ConfigError
 from lit_sr.model.conditioning.base import Conditioner
-from lit_sr.model.facts import RunFacts
 from lit_sr.model.conditioning.frozen import FrozenModule
 from lit_sr.model.conditioning.null import encode_prompts
-from lit_sr.errors import ConfigError
+from lit_sr.model.facts import RunFacts
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_sr.model.conditioning.base import Conditioner
-from lit_sr.model.facts import RunFacts
-from lit_sr.model.conditioning.frozen import FrozenModule
 from lit_sr.errors import ConfigError
+from lit_sr.model.conditioning.base import Conditioner
+from lit_sr.model.conditioning.frozen import FrozenModule
+from lit_sr.model.facts import RunFacts
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

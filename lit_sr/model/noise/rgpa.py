@@ -27,11 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lit_sr.model.image_ops import filter_responses, gray
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy, parse_timestep
-
-_GRAY = (0.299, 0.587, 0.114)
-_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
-
 
 def gradient_weight(
     lq_up: torch.Tensor,
@@ -43,12 +40,7 @@ def gradient_weight(
     high: float = 1.0,
 ) -> torch.Tensor:
     """Patch-wise RGPA weight (B, 1, ⌈H/P⌉, ⌈W/P⌉) of an image in [-1, 1] (see module docstring)."""
-    x = lq_up.float() * 0.5 + 0.5
-    w = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    gray = (x[:, :3] * w).sum(dim=1, keepdim=True)
-    kx = torch.tensor(_SOBEL_X, dtype=x.dtype, device=x.device)
-    kernels = torch.stack([kx, kx.t()])[:, None]  # (2, 1, 3, 3): x and y
-    grad = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), kernels).abs().sum(dim=1, keepdim=True)
+    grad = filter_responses(gray(lq_up.float() * 0.5 + 0.5)).sum(dim=1, keepdim=True)
     ph, pw = (-grad.shape[-2]) % patch_size, (-grad.shape[-1]) % patch_size
     if ph or pw:  # partial border patches average what they have (replicated edge pixels)
         grad = F.pad(grad, (0, pw, 0, ph), mode="replicate")
