@@ -1,0 +1,1 @@
+"""Interactive fidelity–realism page."""
