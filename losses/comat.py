@@ -105,7 +105,7 @@ class CoMatLoss(LossTerm):
     def attach(self, generator, backbone=None) -> None:
         """Install cross-attention capture on ``generator.unet`` and take the prompt tokenizer."""
         conditioner = generator.conditioner
-        tokenizer = getattr(conditioner, "tokenizer", None) or getattr(backbone, "tokenizer", None)
+        tokenizer = conditioner.tokenizer or (backbone.tokenizer if backbone is not None else None)
         if tokenizer is None:
             raise ConfigError("loss.terms.comat (TMG) needs the text conditioner's tokenizer: set conditioning=text")
         self.detach()

@@ -70,6 +70,5 @@ class MEMSystem(L.LightningModule):
         self.log("val/mem_mae", (pred - target).abs().mean().item())
         if pred.numel() > 1 and pred.std() > 0 and target.std() > 0:
             self.log("val/mem_corr", torch.corrcoef(torch.stack([pred, target]))[0, 1].item())
-        grouping = getattr(self.generator.noise, "group_index", None)
-        if callable(grouping):  # LDG generators: how often the estimate picks the true group
-            self.log("val/mem_group_acc", (grouping(pred) == grouping(target)).float().mean().item())
+        grouping = self.generator.noise.group_index  # how often the estimate picks LDG's true group
+        self.log("val/mem_group_acc", (grouping(pred) == grouping(target)).float().mean().item())

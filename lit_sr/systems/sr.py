@@ -100,6 +100,7 @@ class SRSystem(L.LightningModule):
         # Hyperparameters are the plain config; the networks are not (they are modules).
         self.save_hyperparameters({"config": self.config})
         self._noise_gen: torch.Generator | None = None
+        self._pending_rng: torch.Tensor | None = None  # restored from a checkpoint at train start
         self._skipped_epoch = 0
         for term in self.losses.values():
             term.attach(generator, backbone)
@@ -274,7 +275,7 @@ class SRSystem(L.LightningModule):
 
     def on_train_start(self) -> None:
         self.enter_stage(self.plan.index(self._global_step()))
-        state = getattr(self, "_pending_rng", None)
+        state = self._pending_rng
         if state is not None:
             self.noise_generator.set_state(state.to(self.noise_generator.device) if self.device.type != "cpu" else state)
             self._pending_rng = None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ class Conditioner(Checked, nn.Module, metaclass=abc.ABCMeta):
 
     uses_text: ClassVar[bool] = False
     negative_prompt: str | None = None
+    tokenizer: Any = None  # the prompt tokenizer of text conditioners (TMG's CoMat finds noun tokens with it)
 
 
     @abc.abstractmethod
