@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from lit_sr.model.image_ops import filter_responses, gray
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy, parse_timestep
 
+
 def gradient_weight(
     lq_up: torch.Tensor,
     patch_size: int = 16,
