@@ -3,10 +3,12 @@
     python train.py                                   # CPU default: tiny backbone, bundled photos
     python train.py noise=uniform trainer.max_steps=20 data.batch_size=2
     python train.py experiment=osediff backbone=sd21 backbone.path=/models/sd-2-1-base trainer=gpu
+    python train.py ckpt_path=last                    # resume the run in run_dir (or start it)
 """
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 
 import lightning as L
 import torch
@@ -14,21 +16,41 @@ import torch
 from lit_sr.cli import run_main
 from lit_sr.config.build import build_callbacks, build_datamodule, build_loggers, trainer_kwargs
 from lit_sr.config.compose import compose
+from lit_sr.config.run import RunLock, is_launch_rank_zero, resolve_ckpt_path
 from lit_sr.config.systems import build_system
+from lit_sr.systems.checkpoint_io import AtomicCheckpointIO
+from lit_sr.systems.loggers import RunCSVLogger
+
+
+def plugins() -> list:
+    """Atomic checkpoint files; under SLURM, the requeue is left to the pre-emption callback."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    out: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        out.append(SLURMEnvironment(auto_requeue=False))
+    return out
 
 
 def run(overrides: list[str]) -> L.Trainer:
     cfg = compose(overrides)  # every config problem fails here, before anything is built
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg)
-    system = build_system(cfg)  # the heavy part: backbone and generator
-    trainer = L.Trainer(**trainer_kwargs(cfg, system), callbacks=callbacks, logger=loggers or False,
-                        default_root_dir=cfg.run_dir, use_distributed_sampler=True)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    ckpt_path, resume_step = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
+    lock = RunLock(cfg.run_dir) if cfg.run_lock and is_launch_rank_zero() else nullcontext()
+    with lock:
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        datamodule = build_datamodule(cfg)
+        datamodule.check()  # an empty folder or only unusable images: one line, before the model
+        loggers = build_loggers(cfg)
+        for logger in loggers:
+            if ckpt_path and isinstance(logger, RunCSVLogger):
+                logger.resume_at(resume_step)
+        callbacks = build_callbacks(cfg)
+        system = build_system(cfg)  # the heavy part: backbone and generator
+        trainer = L.Trainer(**trainer_kwargs(cfg, system), callbacks=callbacks, logger=loggers or False,
+                            plugins=plugins(), default_root_dir=cfg.run_dir, use_distributed_sampler=False)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
 

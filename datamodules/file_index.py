@@ -61,12 +61,25 @@ def index_images(
 
 
 def tree_signature(root: Path) -> list[list]:
-    """Modification times (ns) of ``root`` and its direct, non-hidden subfolders."""
+    """Modification times (ns) of ``root`` and its direct, non-hidden subfolders.
+
+    An entry that cannot be followed (a symlink loop, a dangling or unreadable link) is not a
+    folder of the tree: it is left out, counted and reported once.
+    """
     sig: list[list] = [[".", root.stat().st_mtime_ns]]
+    broken: list[str] = []
     with os.scandir(root) as entries:
         for entry in entries:
-            if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=True):
-                sig.append([entry.name, entry.stat(follow_symlinks=True).st_mtime_ns])
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    sig.append([entry.name, entry.stat(follow_symlinks=True).st_mtime_ns])
+            except OSError:
+                broken.append(entry.name)
+    if broken:
+        logger.warning("%s: skipped %d entr%s that cannot be followed (symlink loop or unreadable link), e.g. %s",
+                       root, len(broken), "y" if len(broken) == 1 else "ies", broken[0])
     return sorted(sig)
 
 

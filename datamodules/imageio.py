@@ -16,6 +16,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lit_sr.errors import ImageLoadError
 
+# Larger images are refused before decoding (Pillow's own bomb check fires at ~89 MP; HR photo
+# sets hold 8000x8000 images, so the limit is set here, and data.max_pixels changes it).
+DEFAULT_MAX_PIXELS = 200_000_000
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
@@ -24,50 +28,63 @@ def is_image_path(path: str | Path) -> bool:
 
 
 def _to_array(img: Image.Image) -> np.ndarray:
-    """Convert any PIL mode to an (H, W, 3) float32 array in [0, 1]."""
+    """Convert any PIL mode to an (H, W, 3) array: uint8 for 8-bit sources, uint16 for deeper ones."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr = np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
-        return np.repeat(arr[..., None], 3, axis=2)
-    if mode == "I":  # 32-bit int; PNG 16-bit gray often decodes to this
-        arr = np.asarray(img, dtype=np.int64).astype(np.float32)
-        arr /= 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
+        return np.repeat(np.asarray(img, dtype=np.uint16)[..., None], 3, axis=2)
+    if mode in ("I", "F"):  # 32-bit int (PNG 16-bit gray often decodes to this) or float
+        arr = np.asarray(img, dtype=np.float64)
         peak = float(arr.max(initial=0))
-        arr = arr / (65535.0 if peak > 255 else 255.0 if peak > 1 else 1.0)
-        return np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
+        scale = 1.0 if peak > 255 else 65535.0 / 255.0 if peak > 1 or mode == "I" else 65535.0
+        arr = np.clip(np.round(arr * scale), 0, 65535).astype(np.uint16)
+        return np.repeat(arr[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         # Composite on white: transparent regions of product shots/logos are white by intent.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return arr
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path: str | Path) -> torch.Tensor:
-    """Decode ``path`` to a (3, H, W) float32 tensor in [0, 1], applying EXIF orientation.
+def decode_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` to an (H, W, 3) uint8/uint16 array, EXIF orientation applied.
 
-    Raises :class:`ImageLoadError` (one line, naming the file) when the file cannot be decoded.
+    Raises :class:`ImageLoadError` (one line, naming the file) when the file cannot be decoded
+    or has more than ``max_pixels`` pixels (checked from the header, before decoding).
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+        with Image.open(path) as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageLoadError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the pixel limit of "
+                                     f"{max_pixels / 1e6:.0f} MP (data.max_pixels)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
                 img.load()  # forces full decode so truncated files fail here
-                img = ImageOps.exif_transpose(img) or img
-                arr = _to_array(img)
+            img = ImageOps.exif_transpose(img) or img
+            arr = _to_array(img)
+    except ImageLoadError:
+        raise
     except FileNotFoundError as exc:
         raise ImageLoadError(f"{path}: file not found") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageLoadError(f"{path}: cannot decode image ({reason})") from exc
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageLoadError(f"{path}: empty image")
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return arr
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8/uint16 array (or a view of one) → (3, H, W) float32 in [0, 1]."""
+    peak = 65535.0 if arr.dtype == np.uint16 else 255.0
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)).astype(np.float32) / peak)
+
+
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Decode ``path`` to a (3, H, W) float32 tensor in [0, 1] (see :func:`decode_image`)."""
+    return to_tensor(decode_image(path, max_pixels))
 
 
 def save_image(tensor: torch.Tensor, path: str | Path) -> None:

@@ -27,14 +27,16 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
+from omegaconf import MISSING
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from datamodules.file_index import index_images
 from datamodules.imageio import load_image
-from lit_sr.errors import ImageLoadError
+from lit_sr.errors import FieldError, ImageLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,27 @@ LAYOUTS: dict[str, tuple[str, str]] = {
     "realsr": (r"(?P<key>.+)_LR{scale}", r"(?P<key>.+)_HR"),
     "drealsr": (r"(?P<key>.+)_x{scale}", r"(?P<key>.+)_x1"),
 }
+
+@dataclass
+class PairedConfig:
+    """``data.val_paired``: real LQ/HQ pairs for validation (see :class:`PairedFolderDataset`)."""
+
+    lq_root: str = MISSING
+    hq_root: str = MISSING
+    layout: str = "same_name"
+    lq_pattern: Optional[str] = None
+    hq_pattern: Optional[str] = None
+    match_subdirs: bool = True
+    verify_decode: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("lq_root", "hq_root"):
+            value = getattr(self, name)
+            if not Path(value).expanduser().is_dir():
+                raise FieldError(name, f"is not an existing folder: {value}")
+        if self.layout not in LAYOUTS:
+            raise FieldError("layout", f"must be one of {sorted(LAYOUTS)}, got {self.layout!r}")
+
 
 PROBLEM_KINDS = ("missing_hq", "unmatched_hq", "duplicate_lq", "duplicate_hq", "unreadable", "size_mismatch")
 

@@ -1,14 +1,18 @@
-"""SRDataModule: HR folders → random crops → degradation → (LQ, HQ) batches.
+"""SRDataModule: HR folders → random crops → degradation → (LQ, HQ) batches, reproducible and resumable.
 
 Degradation runs on whole batches, either in the data-loader workers (``degrade_on=worker``) or
-on the batch's device after transfer (``degrade_on=device``, for GPUs), with a seeded generator
-per rank and worker. The sampled parameters travel with the batch as a plain record
-(``batch["degradation"]``) so a surprising sample can be reproduced.
+on the batch's device after transfer (``degrade_on=device``, for GPUs). Every random choice is a
+function of (seed, draw) (:mod:`datamodules.sampling`): the crops of an item, the degradation of
+a batch, the order of an epoch. A resumed run (``ckpt_path=...``) starts the epoch's sampler at
+the first batch the checkpoint had not trained on, so it sees exactly the batches of the
+uninterrupted run. The sampled degradation parameters travel with the batch as a plain record
+(``batch["degradation"]``), so a surprising sample can be reproduced.
+
+Unusable training files are skipped and reported once each (``batch["bad_files"]``); a data
+problem that leaves nothing to train on is one line from :meth:`SRDataModule.check`, which the
+entry point calls before any model is built.
 """
 from __future__ import annotations
-
-import logging
-import os
 
 import lightning as L
 import torch
@@ -17,44 +21,37 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.degradation.base import Degradation
 from datamodules.file_index import index_images
 from datamodules.hr_folder import HRCropDataset, HRValDataset
+from datamodules.imageio import DEFAULT_MAX_PIXELS
+from datamodules.paired import PairedConfig
+from datamodules.sampling import EpochSampler, ShardSampler, batch_generator
 from datamodules.skimage_photos import cache_root, ensure_skimage_photos
 from datamodules.tmg_dataset import collate_mask_fields, wrap_with_masks
-
-log = logging.getLogger(__name__)
+from lit_sr.errors import ConfigError, ImageLoadError
+from lit_sr.typed import LocalDir, NonNegative, Positive
 
 
 class DegradeCollate:
-    """Stacks HQ crops and (optionally) degrades the batch with this process's generator."""
+    """Stacks HQ crops and degrades the batch with a generator seeded by the batch's draws."""
 
-    def __init__(self, degradation: Degradation | None, seed: int, rank: int) -> None:
+    def __init__(self, degradation: Degradation | None, seed: int) -> None:
         self.degradation = degradation
-        self.seed, self.rank = int(seed), int(rank)
-        self._gen: torch.Generator | None = None
-        self._pid: int | None = None
-
-    def generator(self) -> torch.Generator:
-        if self._gen is None or self._pid != os.getpid():
-            info = torch.utils.data.get_worker_info()
-            # In a worker, Lightning's worker_init_fn has seeded torch per (rank, worker) already.
-            seed = torch.initial_seed() if info is not None else self.seed + 7_919 * self.rank
-            self._gen = torch.Generator().manual_seed(seed % (2**63))
-            self._pid = os.getpid()
-        return self._gen
+        self.seed = int(seed)
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {
             "hq": torch.stack([it["hq"] for it in items]),
-            "skipped": torch.tensor([it.get("skipped", 0) for it in items]),
+            "bad_files": [p for it in items for p in it.get("bad_files", [])],
+            "draw": torch.tensor([it.get("draw", i) for i, it in enumerate(items)]),
             "path": [it["path"] for it in items],
             **collate_mask_fields(items),
         }
         if self.degradation is not None:
-            lq, target, record = self.degradation(batch["hq"], self.generator())
+            lq, target, record = self.degradation(batch["hq"], batch_generator(self.seed, batch["draw"].tolist()))
             batch.update(lq=lq, hq=target, degradation=record.to_dict())
         return batch
 
 
-class _PairedList(Dataset):
+class _Items(Dataset):
     def __init__(self, items: list[dict]) -> None:
         self.items = items
 
@@ -65,6 +62,10 @@ class _PairedList(Dataset):
         return self.items[i]
 
 
+def _folders(value: list[str] | str | None) -> list[str] | None:
+    return [value] if isinstance(value, str) else (None if value is None else [str(v) for v in value])
+
+
 class SRDataModule(L.LightningDataModule):
     """See the module docstring; YAML: ``conf/data/*.yaml``."""
 
@@ -73,44 +74,49 @@ class SRDataModule(L.LightningDataModule):
     def __init__(
         self,
         degradation: Degradation,
-        train_dirs: list[str] | None = None,
-        val_dirs: list[str] | None = None,
-        val_paired: dict | None = None,
-        crop_size: int = 64,
-        val_crop: int | None = 128,
-        min_size: int | None = None,
-        batch_size: int = 4,
-        num_workers: int = 0,
+        train_dirs: list[LocalDir] | LocalDir | None = None,
+        val_dirs: list[LocalDir] | LocalDir | None = None,
+        val_paired: PairedConfig | None = None,
+        crop_size: Positive = 64,
+        val_crop: Positive | None = 128,
+        min_size: Positive | None = None,
+        batch_size: Positive = 4,
+        num_workers: NonNegative = 0,
         degrade_on: str = "worker",
         index_cache: bool = True,
-        epoch_size: int | None = None,
+        epoch_size: Positive | None = None,
         seed: int = 0,
-        size_multiple: int = 8,
+        size_multiple: Positive = 8,
         mask_cache: str | None = None,
-        max_nouns: int = 8,
+        max_nouns: Positive = 8,
+        max_pixels: Positive | None = DEFAULT_MAX_PIXELS,
+        working_copy_pixels: Positive | None = 16_000_000,
     ) -> None:
         super().__init__()
         if degrade_on not in ("worker", "device"):
             raise ValueError(f"data.degrade_on must be 'worker' or 'device', got {degrade_on!r}")
         if crop_size % degradation.scale:
             raise ValueError(f"data.crop_size={crop_size} is not divisible by degradation.scale={degradation.scale}")
+        if min_size is not None and min_size < crop_size:
+            raise ValueError(f"data.min_size={min_size} is smaller than data.crop_size={crop_size} (crops would not fit)")
         self.degradation = degradation
-        self.train_dirs, self.val_dirs, self.val_paired = train_dirs, val_dirs, val_paired
+        self.train_dirs, self.val_dirs, self.val_paired = _folders(train_dirs), _folders(val_dirs), val_paired
         self.crop_size, self.val_crop, self.min_size = crop_size, val_crop, min_size
         self.batch_size, self.num_workers = batch_size, num_workers
         self.degrade_on, self.index_cache = degrade_on, index_cache
         self.epoch_size, self.seed, self.size_multiple = epoch_size, seed, size_multiple
+        self.max_pixels, self.working_copy_pixels = max_pixels, working_copy_pixels
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
-        self._device_gen: torch.Generator | None = None
         self.mask_cache, self.max_nouns = mask_cache, int(max_nouns)
 
     @property
     def scale(self) -> int:
         return self.degradation.scale
 
-    def _rank(self) -> int:
-        return self.trainer.global_rank if self.trainer is not None else 0
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def prepare_data(self) -> None:
         if self.train_dirs is None or (self.val_dirs is None and self.val_paired is None):
@@ -124,21 +130,40 @@ class SRDataModule(L.LightningDataModule):
             val = val if val is not None else [str(default_val)]
         return list(train), list(val or [])
 
+    def check(self) -> None:
+        """Build the datasets now and make sure there is something to train and validate on.
+
+        One line for an empty folder, a folder of only unusable images, or missing validation
+        data (called by the entry point before any model is built; ``setup`` reuses the result).
+        """
+        self.prepare_data()
+        try:
+            self.setup("fit")
+            self.train_set[0]  # decodes until one usable image is found, or says none is
+        except (ValueError, FileNotFoundError, ImageLoadError) as exc:
+            text = str(exc).splitlines()[0]
+            raise ConfigError(text if text.startswith("data.") else f"data: {text}") from None
+
     def setup(self, stage: str | None = None) -> None:
         train_dirs, val_dirs = self._dirs()
         cache = cache_root() / "index" if self.index_cache else None
-        if stage in (None, "fit"):
-            self.train_set = HRCropDataset(index_images(train_dirs, cache), self.crop_size, self.min_size, self.epoch_size)
+        if stage in (None, "fit") and self.train_set is None:
+            files = index_images(train_dirs, cache)
+            if not files:
+                raise ValueError(f"no image files found under {', '.join(train_dirs)}")
+            self.train_set = HRCropDataset(files, self.crop_size, self.min_size, self.epoch_size, seed=self.seed,
+                                           max_pixels=self.max_pixels, working_copy_pixels=self.working_copy_pixels,
+                                           cache_dir=cache_root() / "decoded")
             if self.mask_cache:  # TMG: prompt, nouns and noun masks cut like each crop
                 self.train_set = wrap_with_masks(self.train_set, self.mask_cache, self.max_nouns)
-        if stage in (None, "fit", "validate"):
+        if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = self._build_val(val_dirs, cache)
 
     def _build_val(self, val_dirs: list[str], cache) -> Dataset:
         if self.val_paired is not None:
             from datamodules.paired import PairedFolderDataset
 
-            return PairedFolderDataset(scale=self.scale, **dict(self.val_paired))
+            return PairedFolderDataset(scale=self.scale, **vars(self.val_paired))
         multiple = self.scale * self.size_multiple
         hq_set = HRValDataset(index_images(val_dirs, cache), self.val_crop, multiple)
         items = []
@@ -148,25 +173,29 @@ class SRDataModule(L.LightningDataModule):
             gen = torch.Generator().manual_seed(self.seed * 1000 + i)
             lq, target, _ = self.degradation(item["hq"][None], gen)
             items.append({"lq": lq[0], "hq": target[0], "name": item["name"]})
-        return _PairedList(items)
+        return _Items(items)
 
     def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = EpochSampler(len(self.train_set), self.seed, rank, world)
+        trainer = self.trainer
+        if trainer is not None:  # a resumed run: start where the checkpoint stopped within its epoch
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # incl. a batch saved at its end
+            sampler.resume(trainer.current_epoch, done * self.batch_size)
         degrade = self.degradation if self.degrade_on == "worker" else None
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-            collate_fn=DegradeCollate(degrade, self.seed, self._rank()), drop_last=True,
-            persistent_workers=self.num_workers > 0,
+            self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            collate_fn=DegradeCollate(degrade, self.seed), drop_last=True, persistent_workers=self.num_workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:
-        # Batch 1: validation images may differ in size.
-        return DataLoader(self.val_set, batch_size=1, shuffle=False, num_workers=0)
+        # Batch 1: validation images may differ in size. Each rank scores its own shard.
+        rank, world = self._rank_world()
+        return DataLoader(self.val_set, batch_size=1, sampler=ShardSampler(len(self.val_set), rank, world), num_workers=0)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if self.degrade_on == "device" and "lq" not in batch:
-            device = batch["hq"].device
-            if self._device_gen is None or self._device_gen.device != device:
-                self._device_gen = torch.Generator(device=device).manual_seed(self.seed + 7_919 * self._rank())
-            lq, target, record = self.degradation(batch["hq"], self._device_gen)
+            gen = batch_generator(self.seed, batch["draw"].tolist(), device=batch["hq"].device)
+            lq, target, record = self.degradation(batch["hq"], gen)
             batch.update(lq=lq, hq=target, degradation=record.to_dict())
         return batch

@@ -2,7 +2,8 @@
 
 A :class:`~lit_sr.errors.LitSRError` (and, for the inference-side tools, a ValueError raised by a
 component for a bad knob or size) ends the program with ``error: <one line>`` on stderr and exit
-status 2; anything else is a bug and keeps its traceback.
+status 2 (3 for a pre-empted training run, which can be resumed); anything else is a bug and keeps
+its traceback.
 """
 from __future__ import annotations
 
@@ -21,5 +22,5 @@ def run_main(body: Callable[[], None], one_line: tuple[type[BaseException], ...]
     except one_line as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"error: {text}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))  # LitSRError subclasses may set their own (pre-emption: 3)
     return 0

@@ -2,7 +2,9 @@
 
 
 class LitSRError(Exception):
-    """Base class: the CLI entry points print ``error: <message>`` and exit with status 2."""
+    """Base class: the CLI entry points print ``error: <message>`` and exit with ``exit_code`` (2)."""
+
+    exit_code = 2
 
 
 class ConfigError(LitSRError, ValueError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--knob", default=None, help="fidelity-realism knob of the noise strategy (t or preset)")
     p.add_argument("--gamma", type=float, nargs="+", default=None, help="IFCSR blend weight(s) in [0, 1]")
     p.add_argument("--tile", type=int, default=None, help="latent tile size (latent pixels) for large images")
-    p.add_argument("--tile-overlap", type=int, default=8, help="latent tile overlap")
+    p.add_argument("--tile-overlap", type=int, default=None, help="latent tile overlap (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.add_argument("--color-fix", choices=sorted(COLOR_FIXES), default="none", help="match the LQ colours")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -54,12 +56,58 @@ def list_inputs(path: Path) -> list[Path]:
     raise LitSRError(f"input not found: {path}")
 
 
+def plan_outputs(src: Path, out_dir: Path, suffixes: list[str], overwrite: bool) -> tuple[list[tuple[Path, dict[str, Path]]], int]:
+    """(input image, {suffix: output path}) for every image under ``src``, and the non-image count.
+
+    Every output name is distinct: inputs that share a stem in one folder (``dup.png``,
+    ``dup.jpg``) keep their extension in the name (``dup_png.png``, ``dup_jpg.png``). The output
+    folder must be writable and, without ``overwrite``, no output may exist yet — both checked
+    here, before the model is loaded.
+    """
+    images, others = [], 0
+    for path in list_inputs(src):
+        if is_image_path(path):
+            images.append(path)
+        else:
+            log.warning("skipping %s: not an image file", path)
+            others += 1
+    rels = [p.relative_to(src) if src.is_dir() else Path(p.name) for p in images]
+    stems: dict[Path, int] = {}
+    for rel in rels:
+        stems[rel.with_suffix("")] = stems.get(rel.with_suffix(""), 0) + 1
+    plan = []
+    for path, rel in zip(images, rels):
+        stem = rel.stem if stems[rel.with_suffix("")] == 1 else f"{rel.stem}_{rel.suffix.lstrip('.').lower()}"
+        plan.append((path, {sfx: out_dir / rel.with_name(stem + sfx + ".png") for sfx in suffixes}))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LitSRError(f"--output {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".lit_sr_write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LitSRError(f"--output {out_dir} is not writable ({exc.strerror or exc})") from None
+    if not overwrite:
+        existing = [o for _, outs in plan for o in outs.values() if o.exists()]
+        if existing:
+            raise LitSRError(f"{existing[0]} exists ({len(existing)} outputs would be overwritten): "
+                             "use --overwrite or another --output")
+    return plan, others
+
+
 def run(args: argparse.Namespace) -> dict:
+    src, out_dir = Path(args.input), Path(args.output)
+    suffixes = [f"_g{g:g}" for g in args.gamma] if args.gamma is not None else [""]
+    plan, others = plan_outputs(src, out_dir, suffixes, args.overwrite)
     overrides = list(args.set)
     if args.scale is not None:
         overrides.append(f"model.scale={args.scale}")
     generator, _ = load_generator(args.model, overrides)
-    generator.tile_latent, generator.tile_overlap = args.tile, args.tile_overlap
+    if args.tile is not None:  # otherwise the model's own model.tile_latent applies
+        generator.tile_latent = args.tile
+    if args.tile_overlap is not None:
+        generator.tile_overlap = args.tile_overlap
     device = torch.device(args.device)
     generator.to(device)
     knob = generator.noise.parse_knob(args.knob)
@@ -67,14 +115,8 @@ def run(args: argparse.Namespace) -> dict:
         raise LitSRError("--gamma needs a model with fidelity/realism endpoints (IFCSR)")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    src, out_dir = Path(args.input), Path(args.output)
-    stats = {"written": 0, "skipped": 0}
-    for path in list_inputs(src):
-        rel = path.relative_to(src) if src.is_dir() else Path(path.name)
-        if not is_image_path(path):
-            log.warning("skipping %s: not an image file", path)
-            stats["skipped"] += 1
-            continue
+    stats = {"written": 0, "skipped": others}
+    for path, outs in plan:
         try:
             lq = load_image(path)[None].to(device)
         except ImageLoadError as exc:
@@ -85,13 +127,14 @@ def run(args: argparse.Namespace) -> dict:
         with torch.no_grad(), autocast:
             if args.gamma is not None:
                 x_fid, x_real = generator.endpoints(lq, knob, batch)
-                outputs = {f"_g{g:g}": img for g, img in zip(args.gamma, blend_many(x_fid, x_real, args.gamma))}
+                images = dict(zip(suffixes, blend_many(x_fid, x_real, args.gamma)))
             else:
-                outputs = {"": generator(lq, knob, batch)}
-        for suffix, sr in outputs.items():
+                images = {"": generator(lq, knob, batch)}
+        for suffix, sr in images.items():
             sr = color_fix(sr.float(), generator.upsample(lq).float(), args.color_fix)
-            save_image(sr[0], out_dir / rel.with_name(rel.stem + suffix + ".png"))
+            save_image(sr[0], outs[suffix])
             stats["written"] += 1
+            log.info("wrote %s", outs[suffix])
     log.info("wrote %d images to %s; skipped %d", stats["written"], out_dir, stats["skipped"])
     return stats
 

@@ -99,6 +99,9 @@ class CoMatLoss(LossTerm):
         if not facts.mask_cache:
             return ("loss.terms.comat (TMG) needs noun masks: set data.mask_cache=<folder> "
                     "(build it with python -m lit_sr.extract_masks)")
+        if facts.tile_latent is not None:
+            return ("loss.terms.comat (TMG) reads the cross-attention of one whole UNet pass, and model.tile_latent="
+                    f"{facts.tile_latent} splits it into tiles: set model.tile_latent=null for training")
         return None
 
     # ------------------------------------------------------------------ wiring

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,14 +60,14 @@ def test_corrupt_files_raise_one_line_error(messy_folder, name):
 def test_bad_training_images_are_skipped_counted_and_warned(messy_folder, caplog):
     files = sorted(messy_folder.iterdir())
     ds = HRCropDataset(files, crop_size=64, epoch_size=len(files) * 4)
-    collate = DegradeCollate(BicubicDegradation(scale=4), seed=0, rank=0)
+    collate = DegradeCollate(BicubicDegradation(scale=4), seed=0)
     with caplog.at_level(logging.WARNING, logger="datamodules.hr_folder"):
         items = [ds[i] for i in range(len(ds))]
     batch = collate(items)
     assert batch["hq"].shape == (len(ds), 3, 64, 64) and batch["lq"].shape == (len(ds), 3, 16, 16)
     used = {it["path"].rsplit("/", 1)[-1] for it in items}
     assert used == {"good.png", "gray.png", "rgba.png", "deep16.png"}
-    assert int(batch["skipped"].sum()) > 0
+    assert sorted(Path(p).name for p in batch["bad_files"]) == ["corrupt.jpg", "tiny.png", "truncated.jpg"]  # once each
     warned = " ".join(r.getMessage() for r in caplog.records)
     for bad in ("corrupt.jpg", "truncated.jpg", "tiny.png"):
         assert bad in warned

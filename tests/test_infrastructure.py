@@ -130,14 +130,14 @@ def test_checkpoint_presets_and_monitor_checks(make_cfg):
     hv = make_cfg("checkpoint=hypervolume", "callbacks=fr_curve", "noise=rgpa")
     ckpt = next(c for c in build_callbacks(hv) if isinstance(c, L.pytorch.callbacks.ModelCheckpoint))
     assert ckpt.monitor == "curve/hypervolume" and ckpt.mode == "max"
-    assert make_cfg("checkpoint.every_n_train_steps=50").checkpoint.every_n_train_steps == 50
+    assert make_cfg("checkpoint.last.every_n_train_steps=50").checkpoint.last.every_n_train_steps == 50
     with pytest.raises(ConfigError, match="needs the curve callback: add callbacks=fr_curve"):
         make_cfg("checkpoint=hypervolume")
     with pytest.raises(ConfigError, match="val.metrics has no psnr"):
         make_cfg("val.metrics=[ssim]")
     with pytest.raises(ConfigError, match="checkpoint=last"):
         make_cfg("val=null")
-    assert make_cfg("val=null", "checkpoint=last").checkpoint.monitor is None
+    assert list(make_cfg("val=null", "checkpoint=last").checkpoint) == ["last"]
     with pytest.raises(ConfigError, match="noise=rgpa or noise=ldg"):
         make_cfg("callbacks=fr_curve")  # noise=uniform has no knob to sweep
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_sr.config.compose import resolve_target
 from lit_sr.errors import ConfigError, LitSRError
-from lit_sr.model.backbone import Backbone
+from lit_sr.model.backbone import Backbone, read_schedule
 from lit_sr.model.generator import OneStepSR
 from lit_sr.systems.stages import added_adapters, parse_stages
 from losses.base import LossTerm
@@ -38,8 +38,14 @@ def build_component(node: DictConfig | None, key: str = "", **kwargs: Any) -> An
         if isinstance(cause, LitSRError):
             raise cause from None
         if isinstance(cause, (ValueError, TypeError, ModuleNotFoundError)):
-            raise ConfigError(f"{key or node.get('_target_')}: {str(cause).splitlines()[0]}") from None
+            raise ConfigError(_keyed(key or str(node.get("_target_")), cause)) from None
         raise
+
+
+def _keyed(key: str, exc: BaseException) -> str:
+    """The first line of ``exc``, with ``key`` in front unless the message already names it."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if text.startswith((f"{key}.", f"{key}:", f"{key}=")) else f"{key}: {text}"
 
 
 def build_backbone(cfg: DictConfig) -> Backbone:
@@ -63,6 +69,10 @@ def build_generator(cfg: DictConfig, backbone: Backbone | None = None) -> OneSte
     into a generator built from the same config.
     """
     noise = build_component(cfg.noise, "noise")  # cheap parts first: their errors come before the backbone
+    try:
+        noise.attach(backbone.alphas_cumprod if backbone is not None else read_schedule(cfg.backbone.get("path")))
+    except ValueError as exc:
+        raise ConfigError(_keyed("noise", exc)) from None
     conditioner = build_component(cfg.conditioning, "conditioning")
     modulation = build_component(cfg.get("modulation"), "modulation")
     backbone = backbone if backbone is not None else build_backbone(cfg)
@@ -103,13 +113,13 @@ def build_datamodule(cfg: DictConfig):
 
 
 def build_callbacks(cfg: DictConfig) -> list:
-    """The checkpoint node and every node under ``callbacks`` (each a ``_target_`` node).
+    """Every node under ``checkpoint`` and ``callbacks`` (each a ``_target_`` node).
 
     Progress bars are left out when ``trainer.enable_progress_bar`` is false (Lightning refuses both).
     """
     from lightning.pytorch.callbacks import ProgressBar
 
-    nodes = {"checkpoint": cfg.get("checkpoint"), **{f"callbacks.{k}": v for k, v in (cfg.get("callbacks") or {}).items()}}
+    nodes = {f"{group}.{k}": v for group in ("checkpoint", "callbacks") for k, v in (cfg.get(group) or {}).items()}
     bar = bool(cfg.trainer.get("enable_progress_bar", True))
     out = []
     for key, node in nodes.items():

@@ -14,6 +14,7 @@ before a model is built is checked here, and every problem is one line naming th
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lit_sr.errors import ConfigError, FieldError
-from lit_sr.typed import config_error_line, merge_checked, to_object
+from lit_sr.typed import check_constraints, merge_checked, to_object
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -112,19 +113,18 @@ def check_node(node: DictConfig, target: Any, key: str, skip: tuple[str, ...] = 
     if schema is None:
         return
     partial = bool(node.get("_partial_", False))  # the caller supplies the rest (e.g. the parameters)
+    given = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not str(k).startswith("_")}
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(
-            {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not str(k).startswith("_")}))
-        if not partial:
-            OmegaConf.to_container(typed, throw_on_missing=True)
-    except OmegaConfBaseException as exc:
-        message = config_error_line(exc, key)
-        if message.startswith("unknown config key"):
-            accepted = ", ".join(f.name for f in __import__("dataclasses").fields(schema))
-            message += f" (accepted: {accepted})"
+        typed = merge_checked(schema, given, key)
+        if not partial:  # runs nested dataclasses' __post_init__ checks (e.g. degradation stages)
+            to_object(typed, key)
+    except ConfigError as exc:
+        message = str(exc)
+        if message.startswith(f"unknown config key '{key}.") and message.count(".") == key.count(".") + 1:
+            message += f" (accepted: {', '.join(f.name for f in dataclasses.fields(schema))})"
         raise ConfigError(message) from None
-    for name, must in paths.items():
-        problem = must.problem(values.get(name))
+    for name, markers in paths.items():
+        problem = check_constraints(markers, values.get(name))
         if problem:
             raise ConfigError(f"{key}.{name}: {problem}")
 
@@ -213,6 +213,10 @@ def _validate_train(cfg: DictConfig, typed: Any, targets: list[tuple[str, DictCo
     from lit_sr.model.generator import OneStepSR
 
     check_node(cfg.trainer, lightning.Trainer, "trainer")
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or (max_steps != -1 and max_steps < 1):
+        raise ConfigError(f"trainer.max_steps must be a number of optimizer steps >= 1 (or -1: until max_epochs), "
+                          f"got {max_steps!r}")
     if cfg.get("model") is not None:
         check_node(cfg.model, OneStepSR, "model")
     if typed.stages is not None:
@@ -227,18 +231,26 @@ def _validate_train(cfg: DictConfig, typed: Any, targets: list[tuple[str, DictCo
 
 
 def _check_monitor(cfg: DictConfig, typed: Any) -> None:
-    """The checkpoint's monitored value must be one the run logs."""
+    """Every checkpoint's monitored value must be one the run logs."""
+    monitors = [n.get("monitor") for n in (cfg.get("checkpoint") or {}).values() if n is not None]
+    for monitor in monitors:
+        if monitor:
+            _check_one_monitor(cfg, typed, monitor)
+
+
+def _check_one_monitor(cfg: DictConfig, typed: Any, monitor: str) -> None:
     from lit_sr.metrics.suite import METRIC_NAMES
 
-    monitor = (cfg.get("checkpoint") or {}).get("monitor")
-    if not monitor:
-        return
     metric = str(monitor).removeprefix("val/")
-    if str(monitor).startswith("val/") and metric in METRIC_NAMES and (typed.val is None or metric not in typed.val.metrics):
-        raise ConfigError(f"checkpoint.monitor={monitor}, but val{'.metrics has no ' + metric if typed.val else ' is null'}: "
-                          f"add it to val.metrics, or keep only last.ckpt with checkpoint=last")
+    if str(monitor).startswith("val/") and metric in METRIC_NAMES:
+        if typed.val is None:
+            raise ConfigError(f"checkpoint monitor {monitor} needs validation metrics, but val is null: "
+                              "add checkpoint=last (keeps last.ckpt only)")
+        if metric not in typed.val.metrics:
+            raise ConfigError(f"checkpoint monitor {monitor}, but val.metrics has no {metric}: add it to val.metrics, "
+                              "or keep only last.ckpt with checkpoint=last")
     if monitor == "curve/hypervolume" and "fr_curve" not in (cfg.get("callbacks") or {}):
-        raise ConfigError("checkpoint.monitor=curve/hypervolume needs the curve callback: add callbacks=fr_curve")
+        raise ConfigError("checkpoint monitor curve/hypervolume needs the curve callback: add callbacks=fr_curve")
 
 
 def _check_stages(cfg: DictConfig, typed: Any) -> None:

@@ -23,8 +23,8 @@ from omegaconf import MISSING
 
 from lit_sr.errors import FieldError
 from lit_sr.model.adapters import OSEDIFF_UNET_TARGETS, OSEDIFF_VAE_TARGETS, LoRASpec
-from lit_sr.model.paths import MustExist
 from lit_sr.systems.stages import Stage
+from lit_sr.typed import constraints_of
 
 # ------------------------------------------------------------------------------ training root
 
@@ -37,6 +37,8 @@ class OptimConfig:
     scheduler: Any = None  # partial node building a LambdaLR (conf/scheduler); null: constant lr
     grad_clip: Optional[float] = 1.0  # gradient-norm clip (null: none)
     accumulate_grad_batches: int = 1  # optimizer step every N batches (loss of each batch / N)
+    max_nonfinite_steps: int = 10  # skip a non-finite step (counted warning); stop after this many
+
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -45,6 +47,8 @@ class OptimConfig:
             raise FieldError("grad_clip", f"must be a finite number > 0 or null, got {self.grad_clip}")
         if self.accumulate_grad_batches < 1:
             raise FieldError("accumulate_grad_batches", f"must be >= 1, got {self.accumulate_grad_batches}")
+        if self.max_nonfinite_steps < 0:
+            raise FieldError("max_nonfinite_steps", f"must be >= 0, got {self.max_nonfinite_steps}")
 
 
 @dataclass
@@ -103,6 +107,7 @@ class TrainConfig:
     seed: int = 42
     cpu_threads: Optional[int] = None
     run_dir: str = "runs/default"
+    run_lock: bool = True  # refuse a second live run in the same run_dir
     ckpt_path: Optional[str] = None
     backbone: Any = MISSING
     noise: Any = MISSING
@@ -120,7 +125,7 @@ class TrainConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     stages: Optional[list[Stage]] = None
     system: Any = MISSING  # _target_ of the system builder (conf/system)
-    checkpoint: Any = None  # ModelCheckpoint node (conf/checkpoint)
+    checkpoint: Optional[dict[str, Any]] = None  # name → checkpoint callback node (conf/checkpoint)
     callbacks: Optional[dict[str, Any]] = None  # name → callback node (conf/callbacks)
     logger: Optional[dict[str, Any]] = None  # name → logger node (conf/logger)
     mem: Optional[MemConfig] = None
@@ -200,37 +205,38 @@ def _default(value: Any) -> Any:
     return field(default=None)  # e.g. a callable default: the field is Any (see signature_schema)
 
 
-def signature_schema(target: Any, skip: typing.Iterable[str] = ()) -> tuple[type | None, dict[str, MustExist]]:
-    """A dataclass whose fields are ``target``'s keyword parameters, and its path-checked arguments.
+def signature_schema(target: Any, skip: typing.Iterable[str] = ()) -> tuple[type | None, dict[str, list]]:
+    """A dataclass whose fields are ``target``'s keyword parameters, and the constrained ones.
 
-    Returns ``(None, {})`` when the signature cannot be read or takes ``**kwargs`` (nothing to check).
+    The second value maps a parameter to its :class:`~lit_sr.typed.MustExist` /
+    :class:`~lit_sr.typed.Range` markers. Returns ``(None, {})`` when the signature cannot be read
+    or takes ``**kwargs`` (nothing to check).
     """
     fn = target.__init__ if isinstance(target, type) else target
     try:
         sig = inspect.signature(target)
-        hints = typing.get_type_hints(fn, include_extras=True)
-    except (TypeError, ValueError, NameError):
+    except (TypeError, ValueError):
         return None, {}
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except (TypeError, NameError):  # unresolvable forward references: names are still checked
+        hints = {}
     params = sig.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None, {}
-    fields, paths = [], {}
+    fields, constrained = [], {}
     skip = set(skip) | {"self"}
     for name, p in params.items():
         if name in skip or p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
             continue
         hint = hints.get(name, Any)
-        for meta in getattr(hint, "__metadata__", ()):
-            if isinstance(meta, MustExist):
-                paths[name] = meta
-        for arg in typing.get_args(hint):  # Optional[LocalFile]
-            for meta in getattr(arg, "__metadata__", ()):
-                if isinstance(meta, MustExist):
-                    paths[name] = meta
+        markers = constraints_of(hint)
+        if markers:
+            constrained[name] = markers
         kind = _omegaconf_type(hint)
         default = p.default
         if default is not p.empty and default is not None and not isinstance(default, (*_PRIMITIVES, list, tuple, dict, enum.Enum)):
             kind = Any
         fields.append((name, kind, _default(default)))
     name = f"{getattr(target, '__qualname__', 'target')}Args".replace(".", "_")
-    return dataclasses.make_dataclass(name, fields), paths
+    return dataclasses.make_dataclass(name, fields), constrained

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lit_sr.config.build import build_backbone, build_component, build_generator, build_losses, build_val_metrics
 from lit_sr.config.compose import resolve_target
-from lit_sr.config.loading import load_generator
+from lit_sr.config.loading import load_config, load_generator
 from lit_sr.errors import ConfigError
 from lit_sr.model.backbone import Backbone
 from lit_sr.model.generator import OneStepSR
@@ -39,6 +39,7 @@ def sr_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Bac
         scheduler=build_component(optim.get("scheduler"), "optim.scheduler"),
         grad_clip=optim.grad_clip,
         accumulate_grad_batches=int(optim.accumulate_grad_batches),
+        max_nonfinite_steps=int(optim.max_nonfinite_steps),
         val_metrics=build_val_metrics(cfg),
         seed=int(cfg.seed),
         config=OmegaConf.to_container(cfg, resolve=True),
@@ -53,11 +54,16 @@ def mem_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Ba
     if node is None:
         raise ConfigError("system=mem trains RCOD's MEM and needs the mem node: use experiment=mem "
                           "mem.generator_export=<trained LDG export>")
+    source, overrides = str(node.generator_export), list(node.get("generator_overrides") or [])
+    noise = generator.noise if generator is not None else None
+    if noise is None:  # read the stored config first: a wrong generator fails before it is built
+        target = resolve_target(str(load_config(source, overrides).noise._target_), "noise")
+    if not (isinstance(noise, LDGNoise) if noise is not None else issubclass(target, LDGNoise)):
+        name = type(noise).__name__ if noise is not None else target.__name__
+        raise ConfigError(f"experiment=mem: the MEM estimates LDG's latent metric, but {source} was trained with "
+                          f"{name} (train the generator with noise=ldg)")
     if generator is None:
-        generator, _ = load_generator(str(node.generator_export), list(node.get("generator_overrides") or []))
-    if not isinstance(generator.noise, LDGNoise):
-        raise ConfigError(f"experiment=mem: the MEM estimates LDG's latent metric, but {node.generator_export} was "
-                          f"trained with {type(generator.noise).__name__} (train the generator with noise=ldg)")
+        generator, _ = load_generator(source, overrides)
     estimator = build_component(node.estimator, "mem.estimator", latent_channels=int(generator.vae.config.latent_channels))
     return MEMSystem(generator, estimator, optimizer=build_component(node.get("optimizer"), "mem.optimizer"),
                      config=OmegaConf.to_container(cfg, resolve=True))

@@ -120,16 +120,21 @@ class MetricSuite(nn.Module):
             metric.update(sr, hq if metric.full_reference else None)
 
     def compute(self) -> dict[str, float]:
-        """Dataset means of every metric that has seen images (synchronised across ranks)."""
+        """Dataset means of every metric that has seen images (synchronised across ranks).
+
+        A metric that saw no image (e.g. full-reference metrics of an HQ-less set) is left out; a
+        metric whose images scored NaN (a diverged model) reports NaN — never silently dropped.
+        """
         out: dict[str, float] = {}
         for name, metric in self.metrics.items():
-            # Every rank computes every metric (the sync is collective); one that saw no image
-            # (e.g. full-reference metrics of an HQ-less set) is left out below, so torchmetrics'
-            # "compute before update" warning says nothing new here.
+            # Every rank computes every metric (the sync is collective); torchmetrics' "compute
+            # before update" warning is about the no-image case handled here.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*called before the ``update`` method.*")
                 value = float(metric.compute())
-            if value == value:  # NaN: no image reached this metric (e.g. no HQ given)
+                with metric.sync_context():
+                    seen = int(metric.count)
+            if seen > 0:
                 out[name] = value
         return out
 

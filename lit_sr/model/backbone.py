@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lit_sr.errors import WeightsError
-from lit_sr.model.paths import LocalDir
+from lit_sr.typed import LocalDir
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,21 @@ def schedule_alphas_cumprod(
     return sched.alphas_cumprod.to(torch.float64)
 
 
+def read_schedule(path: str | None) -> torch.Tensor:
+    """ᾱ_t of a diffusers directory's scheduler config (SD-2.1's schedule without a path), read cheaply.
+
+    Lets the noise strategy check its timesteps before the UNet and VAE are loaded.
+    """
+    if path in (None, "", "???"):
+        return schedule_alphas_cumprod(**SD_SCHEDULE)
+    file = Path(path).expanduser() / "scheduler" / "scheduler_config.json"
+    if not file.is_file():
+        raise WeightsError(f"backbone.path: scheduler config not found: {file}")
+    sched = json.loads(file.read_text())
+    return schedule_alphas_cumprod(sched.get("num_train_timesteps", 1000), sched.get("beta_start", 0.00085),
+                                   sched.get("beta_end", 0.012), sched.get("beta_schedule", "scaled_linear"))
+
+
 def _freeze(*modules: nn.Module | None) -> None:
     for m in modules:
         if m is not None:
@@ -159,17 +174,13 @@ def load_backbone(
     torch_dtype = parse_dtype(dtype)
     for sub in ("unet", "vae", "scheduler"):
         _require(root / sub, f"'{sub}' folder")
-    sched_file = _require(root / "scheduler" / "scheduler_config.json", "scheduler config")
+    _require(root / "scheduler" / "scheduler_config.json", "scheduler config")
     try:
         unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True, torch_dtype=torch_dtype)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True, torch_dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise WeightsError(f"backbone.path: cannot load UNet/VAE from {root}: {str(exc).splitlines()[0]}") from exc
-    sched = json.loads(sched_file.read_text())
-    alphas = schedule_alphas_cumprod(
-        sched.get("num_train_timesteps", 1000), sched.get("beta_start", 0.00085), sched.get("beta_end", 0.012),
-        sched.get("beta_schedule", "scaled_linear"),
-    )
+    alphas = read_schedule(str(root))
     te = tok = vis = None
     if text_encoder:
         _require(root / "text_encoder", "'text_encoder' folder")

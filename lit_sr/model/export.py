@@ -12,6 +12,8 @@ An export folder holds
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,28 +37,53 @@ def unet_lora_state(generator: OneStepSR, name: str) -> dict[str, torch.Tensor]:
 
 def export_adapter(generator: OneStepSR, out_dir: str | Path, config: dict | None = None,
                    primary: str | None = None) -> Path:
-    """Write the export folder described in the module docstring; returns its path."""
+    """Write the export folder described in the module docstring; returns its path.
+
+    The folder is written next to ``out_dir`` and swapped in only when complete, so a failed
+    export (disk full) never leaves a folder mixing old and new files. Non-finite weights (a run
+    that diverged) are refused: a NaN adapter is worse than none.
+    """
     from diffusers import StableDiffusionPipeline
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = list(generator.unet_adapters)
-    active = generator.adapters.active["unet"]
-    primary = primary or (active[0] if active else (names[0] if names else None))
-    for name in names:
-        meta = generator.unet.peft_config[name].to_dict()
-        meta = json.loads(json.dumps(meta, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
-        files = [f"lora_{name}.safetensors"] + ([DIFFUSERS_FILE] if name == primary else [])
-        for weight_name in files:
-            StableDiffusionPipeline.save_lora_weights(
-                out, unet_lora_layers=unet_lora_state(generator, name), weight_name=weight_name,
-                safe_serialization=True, unet_lora_adapter_metadata=meta,
-            )
     state = {k: v.detach().cpu().contiguous() for k, v in generator.trainable_state_dict().items()}
-    save_file(state, str(out / STATE_FILE), metadata={"format": "lit_sr", "version": "1"})
-    if config is not None:
-        (out / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise WeightsError(f"refusing to export non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): "
+                           "the run diverged; lower optim.lr or check the data")
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        names = list(generator.unet_adapters)
+        active = generator.adapters.active["unet"]
+        primary = primary or (active[0] if active else (names[0] if names else None))
+        for name in names:
+            meta = generator.unet.peft_config[name].to_dict()
+            meta = json.loads(json.dumps(meta, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+            files = [f"lora_{name}.safetensors"] + ([DIFFUSERS_FILE] if name == primary else [])
+            for weight_name in files:
+                StableDiffusionPipeline.save_lora_weights(
+                    tmp, unet_lora_layers=unet_lora_state(generator, name), weight_name=weight_name,
+                    safe_serialization=True, unet_lora_adapter_metadata=meta,
+                )
+        save_file(state, str(tmp / STATE_FILE), metadata={"format": "lit_sr", "version": "1"})
+        if config is not None:
+            (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace folder ``target`` by the complete folder ``new`` (the old one is removed afterwards)."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_export(generator: OneStepSR, folder: str | Path) -> None:

@@ -25,6 +25,7 @@ from lit_sr.model.conditioning.base import Conditioner
 from lit_sr.model.modulation import Modulation
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
 from lit_sr.model.output import SROutput
+from lit_sr.typed import Fraction, NonNegative, Positive
 
 
 class OneStepSR(nn.Module):
@@ -40,12 +41,12 @@ class OneStepSR(nn.Module):
         conditioner: Conditioner,
         lora: dict | None = None,
         modulation: Modulation | None = None,
-        scale: int = 4,
+        scale: Positive = 4,
         vae_sample: bool = False,
-        tile_latent: int | None = None,
-        tile_overlap: int = 8,
+        tile_latent: Positive | None = None,
+        tile_overlap: NonNegative = 8,
         endpoints: dict[str, list[str]] | None = None,
-        gamma: float = 0.5,
+        gamma: Fraction = 0.5,
     ) -> None:
         super().__init__()
         self.unet = backbone.unet

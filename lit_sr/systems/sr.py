@@ -37,12 +37,14 @@ from lit_sr.model.adapters import only_trainable, train_only
 from lit_sr.model.blend import blend
 from lit_sr.model.generator import OneStepSR
 from lit_sr.model.output import SROutput
+from lit_sr.systems.guard import FiniteGuard
 from lit_sr.systems.stages import Stage, StagePlan
 from losses.base import LossTerm
 
 log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
@@ -58,6 +60,7 @@ class SRSystem(L.LightningModule):
         scheduler: a partial building a ``LambdaLR`` on the generator optimizer (None: constant).
         grad_clip: gradient-norm clip of the generator (None: off); terms may set their own.
         accumulate_grad_batches: optimizer step every N batches.
+        max_nonfinite_steps: skipped non-finite steps tolerated before training stops.
         val_metrics: metric suite updated in validation.
         seed: seed of the per-rank noise generator.
         config: the plain composed config (stored as hyperparameters).
@@ -74,6 +77,7 @@ class SRSystem(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         grad_clip: float | None = 1.0,
         accumulate_grad_batches: int = 1,
+        max_nonfinite_steps: int = 10,
         val_metrics: nn.Module | None = None,
         seed: int = 0,
         config: dict | None = None,
@@ -101,7 +105,10 @@ class SRSystem(L.LightningModule):
         self.save_hyperparameters({"config": self.config})
         self._noise_gen: torch.Generator | None = None
         self._pending_rng: torch.Tensor | None = None  # restored from a checkpoint at train start
-        self._skipped_epoch = 0
+        self._bad_files: set[str] = set()  # unusable training files seen (reported once per epoch)
+        self.guard = FiniteGuard(max_nonfinite_steps, lr)
+        self._loss_finite = True  # over the batches accumulated since the last step
+        self._aux_finite: dict[str, bool] = {}
         for term in self.losses.values():
             term.attach(generator, backbone)
         self._own: dict[str, list[nn.Parameter]] = {n: t.own_parameters() for n, t in self.losses.items()}
@@ -232,16 +239,19 @@ class SRSystem(L.LightningModule):
         out = self.forward_train(batch)
         loss_batch = {**batch, "rng": self.noise_generator}
         total = torch.zeros((), device=self.device)
+        values: dict[str, torch.Tensor] = {}
         for name, weight in self._active_terms.items():
-            value = self.losses[name](out, loss_batch)
-            total = total + weight * value
-            self.log(f"train/{name}", value.detach(), batch_size=bs)
+            values[name] = self.losses[name](out, loss_batch)
+            total = total + weight * values[name]
+            self.log(f"train/{name}", values[name].detach(), batch_size=bs)
+        self._loss_finite &= bool(torch.isfinite(total.detach()))
         self.manual_backward(total / self.accumulate)
         self._micro += 1
         step = self._micro >= self.accumulate
-        if step:
+        if step and self._guard("generator", gen_opt, values):
             self._clip(gen_opt, self.grad_clip)
             gen_opt.step()
+        if step:
             gen_opt.zero_grad(set_to_none=True)  # free them now; the aux steps add none
         # Terms with their own networks: their loss on detached outputs, gradients into them only.
         for name in [n for n in self._active_terms if self._own[n]]:
@@ -249,25 +259,31 @@ class SRSystem(L.LightningModule):
                 aux = self.losses[name].aux_loss(out, loss_batch)
                 self.manual_backward(aux / self.accumulate)
             self.log(f"train/{name}_aux", aux.detach(), batch_size=bs)
-            if step:
-                opt = term_opt[name]
+            opt = term_opt[name]
+            self._aux_finite[name] = self._aux_finite.get(name, True) and bool(torch.isfinite(aux.detach()))
+            if step and self._guard(name, opt, {f"{name}_aux": aux}, self._aux_finite.pop(name)):
                 clip = self.losses[name].grad_clip
                 self._clip(opt, self.grad_clip if clip is None else clip)
                 # Through the strategy (precision plugin included) but not LightningOptimizer.step,
                 # which would advance global_step once more per iteration.
                 self.trainer.strategy.optimizer_step(opt.optimizer, closure=_no_closure)
+            if step:
                 opt.zero_grad(set_to_none=True)
         if step:
-            self._micro = 0
+            self._micro, self._loss_finite = 0, True
             sched = self._scheduler()
             if sched is not None:
                 sched.step()
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         self.log("train/stage", float(self.stage_index), batch_size=bs)
         self._sync_stage()  # global_step may have advanced: the next batch (and its lr logging) sees the next stage
-        if "skipped" in batch:
-            self._skipped_epoch += int(batch["skipped"].sum())
+        self._bad_files.update(batch.get("bad_files", []))
         return total.detach()
+
+    def _guard(self, what: str, opt, values: dict[str, torch.Tensor], loss_finite: bool | None = None) -> bool:
+        finite = self._loss_finite if loss_finite is None else loss_finite
+        return self.guard.allow(opt, finite, values, what, self._global_step(),
+                                self.trainer.strategy if self._trainer is not None else None)
 
     def _clip(self, opt, value: float | None) -> None:
         if value:
@@ -281,13 +297,15 @@ class SRSystem(L.LightningModule):
             self._pending_rng = None
 
     def on_train_epoch_end(self) -> None:
-        skipped = torch.tensor(float(self._skipped_epoch), device=self.device)
-        skipped = self.all_gather(skipped).sum() if self.trainer.world_size > 1 else skipped
-        if skipped > 0 and self.global_rank == 0:
-            log.warning("epoch %d: skipped %d unreadable or too-small training images (see warnings above)",
-                        self.current_epoch, int(skipped))
-        self.log("data/skipped", skipped, reduce_fx="sum", sync_dist=False)
-        self._skipped_epoch = 0
+        bad = set(self._bad_files)
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, sorted(bad))
+            bad = set().union(*gathered)
+        if bad and self.global_rank == 0:
+            log.warning("epoch %d: %d distinct training images were unusable and skipped so far (each named above)",
+                        self.current_epoch, len(bad))
+        self.log("data/unusable_files", float(len(bad)), sync_dist=False)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
@@ -324,7 +342,8 @@ class SRSystem(L.LightningModule):
         keys = self._trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
         checkpoint["lit_sr"] = {"noise_rng": self.noise_generator.get_state().cpu(), "version": 1,
-                                "stage": self.stage_index, "micro_batches": self._micro}
+                                "stage": self.stage_index, "micro_batches": self._micro,
+                                "nonfinite_steps": self.guard.skipped, "unusable_files": sorted(self._bad_files)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = self._trainable_keys() - set(checkpoint["state_dict"])
@@ -335,6 +354,8 @@ class SRSystem(L.LightningModule):
         if state.get("noise_rng") is not None:
             self._pending_rng = state["noise_rng"]
         self._micro = int(state.get("micro_batches", 0))
+        self.guard.skipped = int(state.get("nonfinite_steps", 0))
+        self._bad_files = set(state.get("unusable_files", []))
 
 
 def _lambda_factors(sched: torch.optim.lr_scheduler.LambdaLR) -> list[float]:

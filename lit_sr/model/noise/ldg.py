@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from lit_sr.model.facts import RunFacts
 from lit_sr.model.mem import MetricEstimator, load_mem
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy, parse_timestep
-from lit_sr.model.paths import MustExist
+from lit_sr.typed import MustExist
 
 PRESETS = ("fidelity", "neutral", "realism")
 _EDGE_TOL = 1e-6
