@@ -219,6 +219,10 @@ def _validate_train(cfg: DictConfig, typed: Any, targets: list[tuple[str, DictCo
                           f"got {max_steps!r}")
     if cfg.get("model") is not None:
         check_node(cfg.model, OneStepSR, "model")
+    dtype, precision = str(cfg.backbone.get("dtype", "fp32")), str(cfg.trainer.get("precision", "32-true"))
+    if dtype in ("bf16", "bfloat16", "fp16", "float16") and "mixed" not in precision:
+        raise ConfigError(f"backbone.dtype={dtype} keeps the frozen weights in half precision, which needs autocast: "
+                          f"set trainer.precision={'bf16' if dtype.startswith('b') else '16'}-mixed (now {precision})")
     if typed.stages is not None:
         _check_stages(cfg, typed)
     _check_monitor(cfg, typed)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 # OSEDiff's LoRA targets (from its training script): every attention projection, conv and
@@ -77,6 +78,7 @@ class AdapterSet:
     def __init__(self, unet: nn.Module, vae: nn.Module) -> None:
         self.modules: dict[str, nn.Module] = {"unet": unet, "vae": vae}
         self.active: dict[str, list[str]] = {"unet": [], "vae": []}
+        self.fused: dict[str, list[str]] = {"unet": [], "vae": []}
         self._layers: dict[str, list[nn.Module]] = {}
 
     # ------------------------------------------------------------------ inventory
@@ -102,6 +104,12 @@ class AdapterSet:
             p.requires_grad_(flags.get(n, False))
         if sum(1 for _ in module.parameters()) == before:
             raise ValueError(f"adapter {name!r}: target_modules {spec.target_modules} matched no layer of the {part}")
+        # Trained weights stay fp32 whatever the frozen base is: bf16 cannot hold LoRA's small
+        # updates (at lr 5e-5 most elements would never change). peft casts the input to the
+        # adapter's dtype and the result back, so a bf16 base and fp32 adapters mix.
+        for p in self.parameters(part, name).values():
+            if p.is_floating_point() and p.dtype != torch.float32:
+                p.data = p.data.float()
         self._layers.pop(part, None)
         self._apply(part)
 
@@ -115,6 +123,19 @@ class AdapterSet:
                 if name in getattr(layer, "scaling", {}):
                     layer.set_scale(name, float(weight))
 
+    def fuse(self, part: str) -> None:
+        """Merge the active adapters of ``part`` into its base weights (inference: no LoRA matmuls).
+
+        A fused set cannot be switched any more (the base weights now hold it); endpoint models,
+        whose passes switch adapters, stay unfused.
+        """
+        names = list(self.active[part])
+        for layer in self._tuner_layers(part):
+            present = [n for n in names if n in getattr(layer, "lora_A", {})]
+            if present:
+                layer.merge(adapter_names=present)
+        self.fused[part] = names
+
     # ------------------------------------------------------------------ switching
     def activate(self, unet: Sequence[str] | None = None, vae: Sequence[str] | None = None) -> None:
         """Make exactly these adapters active (``[]``: base weights only; ``None``: leave that part)."""
@@ -122,6 +143,9 @@ class AdapterSet:
             if names is None:
                 continue
             names = list(names)
+            if self.fused[part] and names != self.fused[part]:
+                raise ValueError(f"the {part} adapters {self.fused[part]} are fused into the base weights and "
+                                 "cannot be switched (run without --fuse)")
             unknown = set(names) - set(self.names(part))
             if unknown:
                 raise ValueError(f"unknown {part} adapter(s) {sorted(unknown)}; have {self.names(part)}")

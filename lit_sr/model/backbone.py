@@ -307,8 +307,13 @@ def tiny_backbone(
     vision_encoder: bool = False,
     vae_pretrain_steps: int = 300,
     unet: dict | None = None,
+    dtype: str = "fp32",
 ) -> Backbone:
-    """Small random-initialised backbone built offline (seeded, deterministic)."""
+    """Small random-initialised backbone built offline (seeded, deterministic).
+
+    ``dtype`` is the storage dtype of the frozen weights (as ``load_backbone``'s), so the
+    low-precision path runs on the tiny model too.
+    """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
@@ -324,5 +329,9 @@ def tiny_backbone(
     if vision_encoder:
         vis = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION))
     _freeze(unet_model, vae, te, vis)
+    torch_dtype = parse_dtype(dtype)
+    for m in (unet_model, vae, te, vis):
+        if m is not None and torch_dtype != torch.float32:
+            m.to(torch_dtype)
     return Backbone(unet=unet_model, vae=vae, alphas_cumprod=schedule_alphas_cumprod(**SD_SCHEDULE),
                     text_encoder=te, tokenizer=tok, vision_encoder=vis, name="tiny")

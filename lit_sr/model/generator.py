@@ -11,7 +11,6 @@ with a smooth window, so peak memory follows the tile, not the image.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from lit_sr.model.conditioning.base import Conditioner
 from lit_sr.model.modulation import Modulation
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
 from lit_sr.model.output import SROutput
+from lit_sr.model.tiling import downscaled, fixed_group_norms, recorded_group_norms, tiled
 from lit_sr.typed import Fraction, NonNegative, Positive
 
 
@@ -45,6 +45,9 @@ class OneStepSR(nn.Module):
         vae_sample: bool = False,
         tile_latent: Positive | None = None,
         tile_overlap: NonNegative = 8,
+        vae_tile: Positive | None = None,
+        vae_tile_overlap: NonNegative = 128,
+        gradient_checkpointing: bool = False,
         endpoints: dict[str, list[str]] | None = None,
         gamma: Fraction = 0.5,
     ) -> None:
@@ -58,6 +61,7 @@ class OneStepSR(nn.Module):
         self.vae_sample = bool(vae_sample)
         self.tile_latent = tile_latent
         self.tile_overlap = int(tile_overlap)
+        self.vae_tile, self.vae_tile_overlap = vae_tile, int(vae_tile_overlap)
         # IFCSR: named endpoint networks, each a set of active UNet adapters; γ blends their images.
         self.endpoint_adapters = {k: list(v) for k, v in (endpoints or {}).items()}
         if self.endpoint_adapters and set(self.endpoint_adapters) != {"fidelity", "realism"}:
@@ -93,6 +97,11 @@ class OneStepSR(nn.Module):
             for name in names:
                 for p in self.adapters.parameters(part, name).values():
                     p.requires_grad_(True)
+        if vae_tile is not None and vae_tile % self.vae_scale_factor:
+            raise ValueError(f"model.vae_tile={vae_tile} must be a multiple of the VAE factor {self.vae_scale_factor}")
+        if gradient_checkpointing:  # activations recomputed in backward: memory for compute (UNet, VAE)
+            self.unet.enable_gradient_checkpointing()
+            self.vae.enable_gradient_checkpointing()
         self._mod_maps: tuple[torch.Tensor, torch.Tensor] | None = None
         self.unet.conv_in.register_forward_hook(self._modulate_hook)
 
@@ -104,8 +113,20 @@ class OneStepSR(nn.Module):
         return F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled latent of an image in [-1, 1]."""
-        dist = self.vae.encode(x).latent_dist
+        """Scaled latent of an image in [-1, 1] (over overlapping tiles when larger than ``vae_tile``)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        f, tile = self.vae_scale_factor, self.vae_tile
+        if tile is None or max(x.shape[-2:]) <= tile:
+            dist = self.vae.encode(x).latent_dist
+        else:  # the posterior's moments, blended tile by tile at latent resolution, one shared normalisation
+            with recorded_group_norms(self.vae.encoder) as stats, torch.no_grad():
+                self.vae.encode(downscaled(x, tile))
+            with fixed_group_norms(stats):
+                moments = tiled(lambda ys, xs: self.vae.encode(x[..., ys.start * f:ys.stop * f, xs.start * f:xs.stop * f])
+                                .latent_dist.parameters, (x.shape[-2] // f, x.shape[-1] // f), tile // f,
+                                self.vae_tile_overlap // f)
+            dist = DiagonalGaussianDistribution(moments)
         z = dist.sample(generator=generator) if self.vae_sample else dist.mode()
         return z * self.scaling_factor
 
@@ -135,8 +156,17 @@ class OneStepSR(nn.Module):
             return self.encode(y, generator)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Image in [-1, 1] from a scaled latent (the decoder is frozen)."""
-        return self.vae.decode(z / self.scaling_factor).sample.clamp(-1, 1)
+        """Image in [-1, 1] from a scaled latent (the decoder is frozen; tiled beyond ``vae_tile``)."""
+        z = z / self.scaling_factor
+        f, tile = self.vae_scale_factor, self.vae_tile
+        if tile is None or max(z.shape[-2:]) * f <= tile:
+            return self.vae.decode(z).sample.clamp(-1, 1)
+        with recorded_group_norms(self.vae.decoder) as stats, torch.no_grad():
+            self.vae.decode(downscaled(z, tile // f))
+        with fixed_group_norms(stats):
+            out = tiled(lambda ys, xs: self.vae.decode(z[..., ys, xs]).sample, tuple(z.shape[-2:]), tile // f,
+                        self.vae_tile_overlap // f, out_per_unit=f)
+        return out.clamp(-1, 1)
 
     def _modulate_hook(self, module: nn.Module, args: Any, h: torch.Tensor) -> torch.Tensor | None:
         if self._mod_maps is None:
@@ -160,22 +190,11 @@ class OneStepSR(nn.Module):
             self._mod_maps = None
 
     def _unet_tiled(self, z, t, ehs, mod_maps, tile: int) -> torch.Tensor:
-        _, _, h, w = z.shape
-        overlap = min(self.tile_overlap, tile // 2)
-        stride = max(tile - overlap, 1)
-        ys = _tile_starts(h, tile, stride)
-        xs = _tile_starts(w, tile, stride)
-        win = _blend_window(min(tile, h), min(tile, w), overlap, z.device, z.dtype)
-        out = torch.zeros_like(z)
-        weight = torch.zeros_like(z[:, :1])
-        for y in ys:
-            for x in xs:
-                sl = (..., slice(y, y + tile), slice(x, x + tile))
-                maps = None if mod_maps is None else (mod_maps[0][sl], mod_maps[1][sl])
-                eps = self._unet_call(z[sl], t, ehs, maps)
-                out[sl] += eps * win
-                weight[sl] += win
-        return out / weight
+        def part(ys: slice, xs: slice) -> torch.Tensor:
+            maps = None if mod_maps is None else (mod_maps[0][..., ys, xs], mod_maps[1][..., ys, xs])
+            return self._unet_call(z[..., ys, xs], t, ehs, maps)
+
+        return tiled(part, tuple(z.shape[-2:]), tile, self.tile_overlap)
 
     def modulation_maps(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(λ_t·γ, λ_t·β) at latent resolution, or None without modulation."""
@@ -249,26 +268,3 @@ def _is_added(name: str) -> bool:
     if name.startswith(("unet.", "vae.")):
         return "lora_" in name
     return True
-
-
-def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)  # last tile flush with the border
-    return sorted(set(starts))
-
-
-def _blend_window(h: int, w: int, overlap: int, device, dtype) -> torch.Tensor:
-    """Separable raised-cosine ramps over the overlap; flat 1 inside (never exactly 0)."""
-
-    def ramp(n: int) -> torch.Tensor:
-        v = torch.ones(n, dtype=torch.float64)
-        if overlap > 0:
-            k = min(overlap, n // 2)
-            r = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(k, dtype=torch.float64) + 0.5) / k)
-            v[:k] = r
-            v[n - k :] = r.flip(0)
-        return v
-
-    return (ramp(h)[:, None] * ramp(w)[None, :]).to(device, dtype)[None, None]
