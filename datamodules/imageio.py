@@ -87,9 +87,13 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     return to_tensor(decode_image(path, max_pixels))
 
 
+def to_uint8(tensor: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) tensor in [0, 1] as the (H, W, 3) uint8 array :func:`save_image` writes."""
+    return (tensor.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0).round().astype(np.uint8)
+
+
 def save_image(tensor: torch.Tensor, path: str | Path) -> None:
     """Write a (3, H, W) tensor in [0, 1] as an 8-bit image (format from the suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (tensor.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0).round().astype(np.uint8)
-    Image.fromarray(arr).save(path)
+    Image.fromarray(to_uint8(tensor)).save(path)

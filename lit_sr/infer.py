@@ -18,12 +18,14 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from datamodules.imageio import is_image_path, load_image, save_image
+from datamodules.imageio import is_image_path, load_image, save_image, to_uint8
+from lit_sr.blend import read_gamma_map
 from lit_sr.cli import run_main
 from lit_sr.config.loading import load_generator
 from lit_sr.errors import ImageLoadError, LitSRError
-from lit_sr.model.blend import blend_many
+from lit_sr.model.blend import blend_many, blend_uint8
 from lit_sr.model.colorfix import COLOR_FIXES, color_fix
 
 log = logging.getLogger("lit_sr.infer")
@@ -37,6 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=None, help="upscaling factor (default: the model's)")
     p.add_argument("--knob", default=None, help="fidelity-realism knob of the noise strategy (t or preset)")
     p.add_argument("--gamma", type=float, nargs="+", default=None, help="IFCSR blend weight(s) in [0, 1]")
+    p.add_argument("--gamma-map", default=None,
+                   help="IFCSR region control: an 8-bit grayscale PNG of γ per output pixel (value / 255), e.g. "
+                        "exported by the studio page; the result equals the page's export to the bit")
     p.add_argument("--tile", type=int, default=None, help="latent tile size (latent pixels) for large images")
     p.add_argument("--tile-overlap", type=int, default=None, help="latent tile overlap (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
@@ -98,7 +103,10 @@ def plan_outputs(src: Path, out_dir: Path, suffixes: list[str], overwrite: bool)
 
 def run(args: argparse.Namespace) -> dict:
     src, out_dir = Path(args.input), Path(args.output)
-    suffixes = [f"_g{g:g}" for g in args.gamma] if args.gamma is not None else [""]
+    if args.gamma is not None and args.gamma_map is not None:
+        raise LitSRError("--gamma and --gamma-map exclude each other")
+    gamma_map = read_gamma_map(args.gamma_map) if args.gamma_map else None
+    suffixes = [f"_g{g:g}" for g in args.gamma] if args.gamma is not None else ["_region" if args.gamma_map else ""]
     plan, others = plan_outputs(src, out_dir, suffixes, args.overwrite)
     overrides = list(args.set)
     if args.scale is not None:
@@ -111,8 +119,9 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     generator.to(device)
     knob = generator.noise.parse_knob(args.knob)
-    if args.gamma is not None and not generator.has_endpoints:
-        raise LitSRError("--gamma needs a model with fidelity/realism endpoints (IFCSR)")
+    if (args.gamma is not None or gamma_map is not None) and not generator.has_endpoints:
+        raise LitSRError(f"{'--gamma' if args.gamma is not None else '--gamma-map'} needs a model with "
+                         "fidelity/realism endpoints (IFCSR)")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     stats = {"written": 0, "skipped": others}
@@ -125,14 +134,23 @@ def run(args: argparse.Namespace) -> dict:
             continue
         batch = {"path": [str(path)]}  # per-image prompts (text conditioning with a prompt file)
         with torch.no_grad(), autocast:
-            if args.gamma is not None:
+            if args.gamma is not None or gamma_map is not None:
                 x_fid, x_real = generator.endpoints(lq, knob, batch)
-                images = dict(zip(suffixes, blend_many(x_fid, x_real, args.gamma)))
+                images = dict(zip(suffixes, blend_many(x_fid, x_real, args.gamma))) if args.gamma is not None else {}
             else:
                 images = {"": generator(lq, knob, batch)}
+        ref = generator.upsample(lq).float()
+        if gamma_map is not None:  # the page's rule on the 8-bit endpoints: bit-identical to its export
+            fid8, real8 = (to_uint8(color_fix(x.float(), ref, args.color_fix)[0]) for x in (x_fid, x_real))
+            if gamma_map.shape != fid8.shape[:2]:
+                raise LitSRError(f"--gamma-map is {gamma_map.shape[1]}x{gamma_map.shape[0]}, the output of {path} "
+                                 f"is {fid8.shape[1]}x{fid8.shape[0]}")
+            Image.fromarray(blend_uint8(fid8, real8, gamma_map)).save(outs[suffixes[0]])
+            images = {}
+            stats["written"] += 1
+            log.info("wrote %s", outs[suffixes[0]])
         for suffix, sr in images.items():
-            sr = color_fix(sr.float(), generator.upsample(lq).float(), args.color_fix)
-            save_image(sr[0], outs[suffix])
+            save_image(color_fix(sr.float(), ref, args.color_fix)[0], outs[suffix])
             stats["written"] += 1
             log.info("wrote %s", outs[suffix])
     log.info("wrote %d images to %s; skipped %d", stats["written"], out_dir, stats["skipped"])

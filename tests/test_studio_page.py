@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lit_sr.studio.page import blend_uint8, interpolate_uint8, write_page
+from lit_sr.model.blend import blend_uint8, interpolate_uint8
+from lit_sr.studio.page import write_page
 
 CHROMIUM = os.environ.get("LIT_SR_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium phones home at start-up; the network is closed
@@ -493,3 +494,61 @@ def test_astronaut_screenshots(tmp_path: Path, open_studio, artifacts: Path):
     s.page.locator("#show-map").uncheck()
     s.page.locator("#split-on").check()
     s.shot(artifacts / "astronaut_split.png")
+
+
+# ------------------------------------------------------------------------------------------------
+# The CLI on trained (tiny) models: the page of a real export, reproduced by `python -m lit_sr.blend`.
+def _export_model(make_cfg, tiny_bb, path: Path, *overrides: str) -> Path:
+    import torch
+    from omegaconf import OmegaConf
+
+    from lit_sr.config.build import build_generator
+    from lit_sr.model.export import export_adapter
+
+    cfg = make_cfg(*overrides)
+    g = build_generator(cfg, tiny_bb)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a zero-initialised LoRA is an identity: make the endpoints differ, as training does
+        for name, p in g.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return export_adapter(g, path, OmegaConf.to_container(cfg))
+
+
+def test_studio_cli_endpoint_page_export_is_reproduced_by_the_blend_cli(tmp_path, make_cfg, tiny_bb, open_studio,
+                                                                        artifacts):
+    from lit_sr import blend
+    from lit_sr.studio.__main__ import main as studio_main
+
+    model = _export_model(make_cfg, tiny_bb, tmp_path / "ifcsr", "experiment=ifcsr")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(gradient()[:24, :32]).save(photo)
+    assert studio_main(["--model", str(model), "--input", str(photo), "--out", str(tmp_path / "page")]) == 0
+    s = open_studio(tmp_path / "page" / "photo.html")
+    assert (s.w, s.h) == (128, 96)  # ×4
+    s.page.locator("#paint").check()
+    s.drag(s.client(20, 48), s.client(108, 48))
+    s.shot(artifacts / "cli_ifcsr_brush.png")
+    _, exported = s.download("#dl-result", tmp_path / "result.png")
+    _, gamma_map = s.download("#dl-map", tmp_path / "map.png")
+    assert 0 < int(gamma_map.max()) and int(gamma_map.min()) == 0  # a stroke, not the whole image
+    out = tmp_path / "again.png"
+    assert blend.main(["--fidelity", str(tmp_path / "page" / "photo_fidelity.png"), "--realism",
+                       str(tmp_path / "page" / "photo_realism.png"), "--gamma-map", str(tmp_path / "map.png"),
+                       "--output", str(out)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), exported)  # bit-identical to the page's export
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "page" / "photo_fidelity.png")), exported)
+
+
+def test_studio_cli_knob_page_shows_the_strategy_sweep(tmp_path, make_cfg, tiny_bb, open_studio):
+    from lit_sr.studio.__main__ import main as studio_main
+
+    model = _export_model(make_cfg, tiny_bb, tmp_path / "rgpa", "noise=rgpa")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(checkerboard()[:16, :16]).save(photo)
+    assert studio_main(["--model", str(model), "--input", str(photo), "--out", str(tmp_path / "page"),
+                        "--knobs", "400", "50", "200"]) == 0
+    s = open_studio(tmp_path / "page" / "photo.html")
+    labels = s.page.evaluate("JSON.parse(document.getElementById('studio-data').textContent).knob.map(k => k.label)")
+    assert labels == ["50", "200", "400"]  # sorted, one computed image per knob value
+    assert not (tmp_path / "page" / "photo_fidelity.png").exists()  # no endpoints on this model

@@ -1,14 +1,10 @@
 """Write the self-contained studio page, plus the exact 8-bit rules it blends with.
 
-The page (``template.html``) does all blending in the browser from embedded PNGs; these Python
-twins use the same float64 operations in the same order and the same rounding, so a CLI (or a
-test) reproduces every pixel the page shows or exports:
-
-* endpoint blend: ``floor((1 − γ)·x_fid + γ·x_real + 0.5)`` per channel (round half up), with γ a
-  float in [0, 1] or a γ map ``g`` (H×W uint8) standing for ``g / 255``;
-* knob interpolation between two neighbouring computed settings: the same rule with weight w;
-* t × γ pad: each neighbouring row is blended at γ first (two exact 8-bit images, what the page
-  shows on those rows), then the two rows are interpolated.
+The page (``template.html``) does all blending in the browser from embedded PNGs, with exactly
+the 8-bit rules of :mod:`lit_sr.model.blend` (``blend_uint8``, ``interpolate_uint8``): the same
+float64 operations in the same order and the same rounding, so ``python -m lit_sr.blend`` (or a
+test) reproduces every pixel the page shows or exports. The t × γ pad blends each neighbouring
+row at γ first (two exact 8-bit images, what the page shows on those rows), then interpolates.
 
 The page's γ slider moves in steps of 1/1000 and its knob slider in steps of 1/100 of the way
 between two computed settings; a painted γ map is quantised to ``round(Γ·255)`` before use.
@@ -30,52 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["blend_uint8", "interpolate_uint8", "write_page"]
+from lit_sr.model.blend import describe as _describe
 
-
-def _mix_round(a: np.ndarray, b: np.ndarray, w: float | np.ndarray) -> np.ndarray:
-    """``floor((1 − w)·a + w·b + 0.5)`` in float64, the operation order of the page's tables."""
-    out = np.floor((1.0 - w) * a.astype(np.float64) + w * b.astype(np.float64) + 0.5)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
-    for name, x in (("first image", a), ("second image", b)):
-        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
-            raise ValueError(f"{name} must be an H×W×3 uint8 array, got {_describe(x)}")
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
-
-
-def blend_uint8(x_fid: np.ndarray, x_real: np.ndarray, gamma: float | np.ndarray) -> np.ndarray:
-    """The page's endpoint blend; ``gamma`` is a float in [0, 1] or an H×W uint8 γ map (g / 255)."""
-    _check_pair(x_fid, x_real)
-    if isinstance(gamma, np.ndarray):
-        if gamma.dtype != np.uint8 or gamma.shape != x_fid.shape[:2]:
-            h, w = x_fid.shape[:2]
-            raise ValueError(f"gamma map must be an {h}×{w} uint8 array, got {_describe(gamma)}")
-        return _mix_round(x_fid, x_real, (gamma.astype(np.float64) / 255.0)[..., None])
-    gamma = float(gamma)
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-    return _mix_round(x_fid, x_real, gamma)
-
-
-def interpolate_uint8(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
-    """The page's rule between two neighbouring knob images: weight ``w`` ∈ [0, 1] towards ``b``."""
-    _check_pair(a, b)
-    w = float(w)
-    if not 0.0 <= w <= 1.0:
-        raise ValueError(f"interpolation weight must lie in [0, 1], got {w}")
-    return _mix_round(a, b, w)
-
-
-def _describe(x: object) -> str:
-    if isinstance(x, np.ndarray):
-        return f"shape {x.shape} dtype {x.dtype}"
-    if isinstance(x, tuple | list):
-        return f"{type(x).__name__} of length {len(x)}"
-    return type(x).__name__
+__all__ = ["write_page"]
 
 
 def _png_uri(x: np.ndarray) -> str:
