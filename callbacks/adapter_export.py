@@ -20,5 +20,7 @@ class AdapterExport(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and trainer.is_global_zero:
-            path = export_adapter(pl_module.generator, self.out_dir, pl_module.config)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                       if k.startswith(("val/", "curve/hypervolume")) and v.numel() == 1}
+            path = export_adapter(pl_module.generator, self.out_dir, pl_module.config, metrics=metrics)
             log.info("exported adapter to %s", path)

@@ -14,19 +14,17 @@ import argparse
 import logging
 import os
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from datamodules.imageio import is_image_path, load_image, save_image, to_uint8
+from datamodules.imageio import is_image_path, load_image
 from lit_sr.blend import read_gamma_map
 from lit_sr.cli import run_main
-from lit_sr.config.loading import load_generator
 from lit_sr.errors import ImageLoadError, LitSRError
-from lit_sr.model.blend import blend_many, blend_uint8
-from lit_sr.model.colorfix import COLOR_FIXES, color_fix
+from lit_sr.model.colorfix import COLOR_FIXES
+from lit_sr.pipeline import LitSRPipeline
 
 log = logging.getLogger("lit_sr.infer")
 
@@ -46,6 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tile-overlap", type=int, default=None, help="latent tile overlap (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
     p.add_argument("--color-fix", choices=sorted(COLOR_FIXES), default="none", help="match the LQ colours")
+    p.add_argument("--vae-tile", type=int, default=None,
+                   help="VAE encoder/decoder tile size in image pixels (bounded memory for 2K-4K outputs)")
+    p.add_argument("--adapter-weights", nargs="+", default=None, metavar="NAME=WEIGHT",
+                   help="scale UNet adapters (diffusers set_adapters style), e.g. alignment=0.5")
+    p.add_argument("--fuse", action="store_true", help="merge the LoRA into the base weights (not for endpoint models)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise some strategies draw (per image)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -108,53 +112,43 @@ def run(args: argparse.Namespace) -> dict:
     gamma_map = read_gamma_map(args.gamma_map) if args.gamma_map else None
     suffixes = [f"_g{g:g}" for g in args.gamma] if args.gamma is not None else ["_region" if args.gamma_map else ""]
     plan, others = plan_outputs(src, out_dir, suffixes, args.overwrite)
-    overrides = list(args.set)
-    if args.scale is not None:
-        overrides.append(f"model.scale={args.scale}")
-    generator, _ = load_generator(args.model, overrides)
-    if args.tile is not None:  # otherwise the model's own model.tile_latent applies
-        generator.tile_latent = args.tile
+    overrides = list(args.set) + ([f"model.scale={args.scale}"] if args.scale is not None else [])
     if args.tile_overlap is not None:
-        generator.tile_overlap = args.tile_overlap
-    device = torch.device(args.device)
-    generator.to(device)
-    knob = generator.noise.parse_knob(args.knob)
-    if (args.gamma is not None or gamma_map is not None) and not generator.has_endpoints:
+        overrides.append(f"model.tile_overlap={args.tile_overlap}")
+    pipe = LitSRPipeline.from_pretrained(args.model, device=args.device, precision=args.precision, overrides=overrides,
+                                         tile=args.tile, vae_tile=args.vae_tile, fuse=args.fuse)
+    if args.adapter_weights:
+        names, weights = zip(*(_name_weight(item) for item in args.adapter_weights))
+        pipe.set_adapters(names, weights)
+    if (args.gamma is not None or gamma_map is not None) and not pipe.generator.has_endpoints:
         raise LitSRError(f"{'--gamma' if args.gamma is not None else '--gamma-map'} needs a model with "
                          "fidelity/realism endpoints (IFCSR)")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    pipe.generator.noise.parse_knob(args.knob)  # a bad knob fails before the first image
     stats = {"written": 0, "skipped": others}
     for path, outs in plan:
         try:
-            lq = load_image(path)[None].to(device)
+            lq = load_image(path)[None]
         except ImageLoadError as exc:
             log.warning("skipping %s", exc)
             stats["skipped"] += 1
             continue
         batch = {"path": [str(path)]}  # per-image prompts (text conditioning with a prompt file)
-        with torch.no_grad(), autocast:
-            if args.gamma is not None or gamma_map is not None:
-                x_fid, x_real = generator.endpoints(lq, knob, batch)
-                images = dict(zip(suffixes, blend_many(x_fid, x_real, args.gamma))) if args.gamma is not None else {}
-            else:
-                images = {"": generator(lq, knob, batch)}
-        ref = generator.upsample(lq).float()
-        if gamma_map is not None:  # the page's rule on the 8-bit endpoints: bit-identical to its export
-            fid8, real8 = (to_uint8(color_fix(x.float(), ref, args.color_fix)[0]) for x in (x_fid, x_real))
-            if gamma_map.shape != fid8.shape[:2]:
-                raise LitSRError(f"--gamma-map is {gamma_map.shape[1]}x{gamma_map.shape[0]}, the output of {path} "
-                                 f"is {fid8.shape[1]}x{fid8.shape[0]}")
-            Image.fromarray(blend_uint8(fid8, real8, gamma_map)).save(outs[suffixes[0]])
-            images = {}
-            stats["written"] += 1
-            log.info("wrote %s", outs[suffixes[0]])
-        for suffix, sr in images.items():
-            save_image(color_fix(sr.float(), ref, args.color_fix)[0], outs[suffix])
+        images = pipe.images(lq, args.knob, args.gamma, gamma_map, args.color_fix, batch, seed=args.seed)
+        for suffix, arr in images.items():
+            outs[suffix].parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(outs[suffix])
             stats["written"] += 1
             log.info("wrote %s", outs[suffix])
     log.info("wrote %d images to %s; skipped %d", stats["written"], out_dir, stats["skipped"])
     return stats
+
+
+def _name_weight(item: str) -> tuple[str, float]:
+    name, sep, value = item.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise LitSRError(f"--adapter-weights expects name=weight, got {item!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,12 +61,12 @@ def generator_lora(cfg: DictConfig) -> dict:
     return lora
 
 
-def build_generator(cfg: DictConfig, backbone: Backbone | None = None) -> OneStepSR:
+def build_generator(cfg: DictConfig, backbone: Backbone | None = None, training: bool = True) -> OneStepSR:
     """The generator with every adapter the run will ever use, so checkpoints have stable keys.
 
-    Adapters loss terms keep on the generator's UNet (``LossTerm.generator_adapters``, e.g.
-    VSD's fake score) are added inactive and frozen, so an export of a VSD-trained run loads
-    into a generator built from the same config.
+    For training, adapters loss terms keep on the generator's UNet (``LossTerm.generator_adapters``,
+    e.g. VSD's fake score) are added too, inactive and frozen; ``training=False`` (inference)
+    leaves them out — the export does not hold them.
     """
     noise = build_component(cfg.noise, "noise")  # cheap parts first: their errors come before the backbone
     try:
@@ -78,7 +78,7 @@ def build_generator(cfg: DictConfig, backbone: Backbone | None = None) -> OneSte
     backbone = backbone if backbone is not None else build_backbone(cfg)
     generator = OneStepSR(backbone, noise=noise, conditioner=conditioner, lora=generator_lora(cfg),
                           modulation=modulation, **(container(cfg.get("model")) or {}))
-    for key, node in loss_terms(cfg).items():
+    for key, node in (loss_terms(cfg) if training else {}).items():
         cls: type[LossTerm] = resolve_target(str(node._target_), f"loss.terms.{key}")
         for name, spec in cls.generator_adapters(container(node)).items():
             if name not in generator.adapters.names("unet"):

@@ -68,7 +68,7 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> DictC
 def load_generator(source: str | Path, overrides: list[str] | None = None) -> tuple[OneStepSR, DictConfig]:
     """Generator with its trained tensors restored; ``overrides`` e.g. ``backbone.path=/models/sd21``."""
     cfg = load_config(source, overrides)
-    generator = build_generator(cfg)
+    generator = build_generator(cfg, training=False)
     path = Path(source)
     if path.is_dir():
         load_export(generator, path)
@@ -76,7 +76,7 @@ def load_generator(source: str | Path, overrides: list[str] | None = None) -> tu
         state = read_checkpoint(path)["state_dict"]
         prefix = "generator."
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        expected = generator.trainable_state_dict()
+        expected = generator.model_state_dict()
         missing = set(expected) - set(sub)
         if missing:
             raise WeightsError(f"{path}: checkpoint lacks {len(missing)} generator tensors, e.g. {sorted(missing)[0]}")

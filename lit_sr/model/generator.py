@@ -262,9 +262,23 @@ class OneStepSR(nn.Module):
         """Every parameter that is not part of the frozen backbone (adapters, modulation, MLPs)."""
         return {n: p.detach() for n, p in self.named_parameters() if _is_added(n)}
 
+    def model_state_dict(self) -> dict[str, torch.Tensor]:
+        """What the trained *model* is (the export): :meth:`trainable_state_dict` without the adapters
+        loss terms keep on the UNet for training only (VSD's fake score)."""
+        own = {"unet": set(self.unet_adapters), "vae": set(self.vae_adapters)}
+        return {n: v for n, v in self.trainable_state_dict().items()
+                if not n.startswith(("unet.", "vae.")) or _adapter_of(n) in own[n.split(".", 1)[0]]}
+
 
 def _is_added(name: str) -> bool:
     """True for parameters the framework adds on top of the pretrained weights."""
     if name.startswith(("unet.", "vae.")):
         return "lora_" in name
     return True
+
+
+def _adapter_of(name: str) -> str:
+    """The adapter a peft parameter belongs to (``...lora_A.<adapter>.weight``)."""
+    parts = name.split(".")
+    i = next(k for k, part in enumerate(parts) if part.startswith("lora_"))
+    return parts[i + 1]

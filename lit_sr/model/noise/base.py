@@ -124,6 +124,10 @@ class NoiseStrategy(Checked, nn.Module, metaclass=abc.ABCMeta):
         """Default sweep for fidelity–realism curves."""
         return [None]
 
+    def knob_help(self) -> str:
+        """One sentence on what the knob means and its valid range (model cards, ``--help``)."""
+        return "no knob"
+
     @staticmethod
     def full_timesteps(value: int, ref: torch.Tensor) -> torch.Tensor:
         return torch.full((ref.shape[0],), int(value), dtype=torch.long, device=ref.device)

@@ -151,11 +151,20 @@ class LDGNoise(NoiseStrategy):
         try:
             return parse_timestep(knob, self.num_train_timesteps if check_range else 0, "noise=ldg")
         except ValueError:
-            raise ValueError(f"noise=ldg: knob must be an integer timestep or one of {', '.join(PRESETS)}, adaptive; "
-                             f"got {knob!r}") from None
+            t_range = f"[0, {self.num_train_timesteps or 1000})"
+            raise ValueError(f"noise=ldg: knob must be an integer timestep in {t_range} (trained groups: "
+                             f"{', '.join(str(t) for t in sorted(self.group_t))}) or one of {', '.join(PRESETS)}, "
+                             f"adaptive; got {knob!r}") from None
 
     def knob_values(self) -> list:
         return sorted(self.group_t)
+
+    def knob_help(self) -> str:
+        groups = ", ".join(str(t) for t in sorted(self.group_t))
+        extra = ", adaptive (the MEM picks the group per image)" if self.mem is not None else ""
+        return (f"the degradation group's timestep: one of {groups} (any integer in [0, {self.num_train_timesteps or 1000}) "
+                f"runs, but only these were trained) or a preset fidelity, neutral, realism{extra}; default "
+                f"{self.default_knob}; larger t = more generated detail")
 
     def attach(self, alphas_cumprod: torch.Tensor) -> None:
         super().attach(alphas_cumprod)

@@ -38,6 +38,11 @@ class NoisedLatent(NoiseStrategy):
     def knob_values(self) -> list:
         return list(self.sweep)
 
+    def knob_help(self) -> str:
+        return (f"the timestep t of the injected noise noise, an integer in [0, {self.num_train_timesteps or 1000}); "
+                f"default {self.timestep}, trained on [{self.t_min}, {self.t_max}]; larger t = more generated "
+                "detail (realism), smaller = closer to the input (fidelity)")
+
     def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
         z = ctx.z_lq
         if ctx.knob is None and ctx.training:

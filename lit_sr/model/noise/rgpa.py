@@ -114,6 +114,11 @@ class RGPANoise(NoiseStrategy):
     def knob_values(self) -> list:
         return list(self.sweep)
 
+    def knob_help(self) -> str:
+        return (f"the timestep t of the injected RGPA noise, an integer in [0, {self.num_train_timesteps or 1000}); "
+                f"default {self.timestep}, trained on [{self.t_min}, {self.t_max}]; larger t = more generated "
+                "detail (realism), smaller = closer to the input (fidelity)")
+
     # ------------------------------------------------------------------ pass
     def weight(self, ctx: NoiseContext) -> torch.Tensor:
         """W at latent resolution, (B, 1, h, w), in the latent's dtype."""

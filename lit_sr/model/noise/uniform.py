@@ -35,6 +35,9 @@ class UniformNoise(NoiseStrategy):
             self._warned_knob = True
         return None
 
+    def knob_help(self) -> str:
+        return f"no knob: one fixed timestep (t={self.timestep})"
+
     def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
         if ctx.knob is not None:
             self.parse_knob(ctx.knob)
