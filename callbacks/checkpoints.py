@@ -31,7 +31,7 @@ class LastCheckpoint(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         if self._saved_step == trainer.global_step or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state, to resume
         self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -39,7 +39,7 @@ class LastCheckpoint(L.Callback):
         if self.every and step > 0 and step % self.every == 0 and self._saved_step != step:
             self._save(trainer)
             if self.keep_periodic:
-                trainer.save_checkpoint(self.dirpath / f"step{step:07d}.ckpt")
+                trainer.save_checkpoint(self.dirpath / f"step{step:07d}.ckpt", weights_only=False)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.state.fn == "fit":

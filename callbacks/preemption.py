@@ -73,7 +73,7 @@ class Preemption(L.Callback):
             return
         name = signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
         path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state, to resume
         requeued = ""
         if self.requeue and self.received == self.requeue_signal and os.environ.get("SLURM_JOB_ID"):
             requeued = self._requeue(trainer)

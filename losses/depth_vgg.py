@@ -94,12 +94,7 @@ class DepthVGGLoss(ImageLoss):
             load_vgg16_weights(self.vgg, vgg_weights)
         else:
             _warn_random()
-        self.vgg.requires_grad_(False)
-        self.vgg.eval()
-
-    def train(self, mode: bool = True) -> DepthVGGLoss:
-        # A fixed feature extractor: never switch to training behaviour with the parent.
-        return super().train(False)
+        self.vgg.requires_grad_(False)  # VGG16 has no dropout or batch norm: its mode never matters
 
     def _layer_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.metric == "l1":

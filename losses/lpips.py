@@ -23,11 +23,16 @@ LPIPS_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
 
 
 class _LinHead(nn.Module):
-    """lpips' ``NetLinLayer``: dropout (inactive: the metric stays in eval) + 1x1 conv to one channel."""
+    """lpips' ``NetLinLayer`` as the metric uses it: (no dropout) + 1x1 conv to one channel.
+
+    lpips' module holds a Dropout at ``model.0`` that is only active in training mode; an
+    Identity in its place keeps the key ``model.1.weight`` of ``vgg.pth`` and makes the distance
+    the same in train and eval mode, so a parent module's mode never changes it.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
+        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 1, 1, bias=False))
 
 
 def _unit_normalize(feat: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
@@ -83,10 +88,6 @@ class LPIPS(nn.Module):
             w = weight_like(state, f"lin{k}.model.1.weight", head.weight, path, "an lpips 'vgg' v0.1 weights file")
             with torch.no_grad():
                 head.weight.copy_(w)
-
-    def train(self, mode: bool = True) -> LPIPS:
-        # A metric: dropout must never switch on when a parent module enters training.
-        return super().train(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] != 3:

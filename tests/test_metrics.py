@@ -290,7 +290,9 @@ def test_suite_options_and_random_weights(astronaut):
     hq = astronaut[..., :48, :48]  # float64: the networks follow their own dtype
     suite.update(hq, hq)
     res = suite.compute()
-    assert res["lpips"] == 0.0 and abs(res["dists"]) < 1e-6 and res["ssim"] == pytest.approx(1.0)
+    # random network weights are reported as such, never under the calibrated metric's name
+    assert "lpips" not in res and "dists" not in res
+    assert res["lpips_uncalibrated"] == 0.0 and abs(res["dists_uncalibrated"]) < 1e-6 and res["ssim"] == pytest.approx(1.0)
     assert not any(".net." in k for k in suite.state_dict())
     with pytest.raises(ValueError, match="unknown metric"):
         MetricSuite(["psnr", "fid"])
@@ -342,6 +344,6 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     args = (2, str(tmp_path / "init"), str(out))
     mp.start_processes(_ddp_worker, args=args, nprocs=2, join=True, start_method="fork")
     got = torch.load(out)
-    assert set(got) == set(DDP_NAMES)
-    for name in DDP_NAMES:
+    assert set(got) == set(expected) == {single.report_name(n) for n in DDP_NAMES}
+    for name in expected:
         assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-7), name

@@ -50,6 +50,7 @@ class PerImageMetric(Metric, abc.ABC):
     higher_is_better: ClassVar[bool]
     is_differentiable = False
     full_state_update = False
+    calibrated = True  # False: random network weights (reported as "<name>_uncalibrated")
 
     total: torch.Tensor
     count: torch.Tensor
@@ -136,8 +137,10 @@ class FullReferenceMetric(PerImageMetric):
         return crop_border(sr, self.crop_border), crop_border(hq, self.crop_border)
 
 
-def require_weights(label: str, allow_random: bool, **paths: str | None) -> None:
-    """Raise :class:`MetricUnavailable` naming the missing weight files unless random weights are allowed."""
+def require_weights(label: str, allow_random: bool, **paths: str | None) -> bool:
+    """Whether every weight file is given; without them, :class:`MetricUnavailable` naming the missing
+    files unless random weights are allowed (then False: the metric is uncalibrated)."""
     missing = [name for name, value in paths.items() if value is None]
     if missing and not allow_random:
         raise MetricUnavailable(f"{label} needs {' and '.join(missing)} (see docs/metrics.md)")
+    return not missing

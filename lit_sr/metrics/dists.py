@@ -86,9 +86,6 @@ class DISTS(nn.Module):
             similarity = similarity + (a.to(f.dtype) * texture + bt.to(f.dtype) * structure).sum(dim=(1, 2, 3))
         return 1 - similarity
 
-    def train(self, mode: bool = True) -> DISTS:
-        return super().train(False)  # a fixed metric network
-
 
 class DISTSMetric(FrozenNetMetric):
     """Mean DISTS between SR and HQ (lower is better).
@@ -110,7 +107,7 @@ class DISTSMetric(FrozenNetMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        require_weights("DISTS", allow_random, vgg_weights=vgg_weights, dists_weights=dists_weights)
+        self.calibrated = require_weights("DISTS", allow_random, vgg_weights=vgg_weights, dists_weights=dists_weights)
         self.net = DISTS(vgg_weights=vgg_weights, dists_weights=dists_weights)
 
     def per_image(self, sr: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:

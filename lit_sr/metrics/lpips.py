@@ -29,7 +29,7 @@ class LPIPSMetric(FrozenNetMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        require_weights("LPIPS", allow_random, vgg_weights=vgg_weights, lpips_weights=lpips_weights)
+        self.calibrated = require_weights("LPIPS", allow_random, vgg_weights=vgg_weights, lpips_weights=lpips_weights)
         self.net = LPIPS(vgg_weights=vgg_weights, lpips_weights=lpips_weights)
 
     def per_image(self, sr: torch.Tensor, hq: torch.Tensor | None) -> torch.Tensor:

@@ -135,8 +135,12 @@ class MetricSuite(nn.Module):
                 with metric.sync_context():
                     seen = int(metric.count)
             if seen > 0:
-                out[name] = value
+                out[self.report_name(name)] = value
         return out
+
+    def report_name(self, name: str) -> str:
+        """The key a metric's value is reported under: ``lpips``, or ``lpips_uncalibrated`` on random weights."""
+        return name if self.metrics[name].calibrated else f"{name}_uncalibrated"
 
     def reset(self) -> None:
         for metric in self.metrics.values():

@@ -16,6 +16,7 @@ sets exactly those two on every layer, never touches ``requires_grad``, and cost
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,7 +100,9 @@ class AdapterSet:
             raise ValueError(f"adapter {name!r} already exists on the {part}")
         flags = {n: p.requires_grad for n, p in module.named_parameters()}
         before = len(flags)
-        module.add_adapter(spec.peft_config(), adapter_name=name)  # diffusers activates it and flips flags
+        with warnings.catch_warnings():  # several named adapters on one model is the design, not a mistake
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            module.add_adapter(spec.peft_config(), adapter_name=name)  # diffusers activates it and flips flags
         for n, p in module.named_parameters():
             p.requires_grad_(flags.get(n, False))
         if sum(1 for _ in module.parameters()) == before:

@@ -27,7 +27,7 @@ def blend(x_fid: torch.Tensor, x_real: torch.Tensor, gamma: float | torch.Tensor
             gamma = gamma.to(x_fid.dtype)[:, None, None, None]
         elif gamma.ndim == 2:
             gamma = gamma[None, None]
-        if gamma.ndim == 4 and gamma.shape[-2:] != x_fid.shape[-2:]:
+        if gamma.ndim == 4 and gamma.shape[-2:] not in ((1, 1), x_fid.shape[-2:]):
             raise ValueError(f"gamma map {tuple(gamma.shape[-2:])} does not match the image {tuple(x_fid.shape[-2:])}")
         if bool(((gamma < 0) | (gamma > 1)).any()):
             raise ValueError("gamma must lie in [0, 1]")

@@ -51,7 +51,9 @@ def export_adapter(generator: OneStepSR, out_dir: str | Path, config: dict | Non
     export (disk full) never leaves a folder mixing old and new files. Non-finite weights (a run
     that diverged) are refused: a NaN adapter is worse than none.
     """
-    from diffusers import StableDiffusionPipeline
+    # The LoRA mixin, not StableDiffusionPipeline: importing the pipeline pulls in transformers image
+    # processors that announce a missing torchvision; saving needs neither.
+    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
 
     state = {k: v.detach().cpu().contiguous() for k, v in generator.model_state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -71,7 +73,7 @@ def export_adapter(generator: OneStepSR, out_dir: str | Path, config: dict | Non
             meta = json.loads(json.dumps(meta, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
             files = [f"lora_{name}.safetensors"] + ([DIFFUSERS_FILE] if name == primary else [])
             for weight_name in files:
-                StableDiffusionPipeline.save_lora_weights(
+                StableDiffusionLoraLoaderMixin.save_lora_weights(
                     tmp, unet_lora_layers=unet_lora_state(generator, name), weight_name=weight_name,
                     safe_serialization=True, unet_lora_adapter_metadata=meta,
                 )

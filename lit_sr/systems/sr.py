@@ -120,6 +120,10 @@ class SRSystem(L.LightningModule):
         self._active_terms: dict[str, float] = {}
         self._micro = 0  # batches accumulated since the last optimizer step
         self.enter_stage(0)
+        # Training mode for everything: the frozen parts have no dropout or batch norm, and the
+        # UNet/VAE only checkpoint their activations in training mode. Lightning switches to eval
+        # for validation and back.
+        self.train()
 
     def averaged_parameters(self) -> list[nn.Parameter]:
         """The generator parameters trained in some stage (what an EMA averages; see callbacks/ema.py)."""
