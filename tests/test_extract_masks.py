@@ -166,3 +166,21 @@ def test_every_extract_yaml_composes_and_instantiates(group, choice, tmp_path):
             build_component(cfg[group], group)
     else:
         assert isinstance(build_component(cfg[group], group), torch.nn.Module)
+
+
+def test_box_cap_and_sam_batches_bound_the_work_not_the_result():
+    """Random weights keep every query: max_boxes caps them, sam_batch decodes them in chunks."""
+    images = [torch.rand(3, 60, 90), torch.rand(3, 70, 50)]
+    nouns, sizes = [["rocket", "person"], ["dog"]], [(30, 45), (35, 25)]
+    g = tiny_grounded_sam2(seed=0)
+    whole = g(images, nouns, sizes)
+    g.sam_batch = 3  # 16 boxes per image, in 6 decoder calls
+    for a, b in zip(whole, g(images, nouns, sizes)):
+        assert a.boxes == b.boxes == 16 and a.nouns == b.nouns and torch.equal(a.masks, b.masks)
+    best = [sorted(d[2] for d in dets)[-2:] for dets in g.detect(images, nouns)]
+    g.max_boxes = 2
+    capped = g.detect(images, nouns)
+    assert [sorted(d[2] for d in dets) for dets in capped] == best
+    assert [r.boxes for r in g(images, nouns, sizes)] == [2, 2]
+    with pytest.raises(ValueError, match="sam_batch must be >= 1"):
+        GroundedSAM2(g.detector, g.segmenter, tokenizer=g.tokenizer, sam_batch=0)

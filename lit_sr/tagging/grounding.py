@@ -9,12 +9,15 @@ models import torchvision (which cannot be installed next to this torch):
   normalisation, zero padding to the batch's largest image with a ``pixel_mask``. The text is
   ``"noun1 . noun2 . "`` tokenised noun by noun, so each noun's token span is known exactly.
   A query box is kept when its best token probability exceeds ``box_threshold``; it belongs to
-  the noun whose tokens score highest, if that score exceeds ``text_threshold``. Predicted boxes
-  are normalised (cx, cy, w, h) of the unpadded image → pixel (x0, y0, x1, y1).
+  the noun whose tokens score highest, if that score exceeds ``text_threshold``; ``max_boxes``
+  keeps only the best-scoring ones of an image. Predicted boxes are normalised (cx, cy, w, h) of
+  the unpadded image → pixel (x0, y0, x1, y1).
 * SAM-2: the image is squashed to the model's square input (1024 for the released models) with
-  ImageNet normalisation; boxes are scaled per axis; low-resolution mask logits are resized
-  bilinearly straight to the cache resolution and thresholded at 0. The masks of all boxes of a
-  noun are united; a noun whose mask covers less than ``min_area`` of the image is dropped.
+  ImageNet normalisation; boxes are scaled per axis and decoded ``sam_batch`` at a time (the
+  decoder's memory grows with the boxes of a call: a few hundred at once need tens of GB);
+  low-resolution mask logits are resized bilinearly straight to the cache resolution and
+  thresholded at 0. The masks of all boxes of a noun are united; a noun whose mask covers less
+  than ``min_area`` of the image is dropped.
 
 :func:`tiny_grounded_sam2` builds both models random-initialised from small configs (offline),
 for tests and CPU smoke runs; its boxes and masks are meaningless but shaped like real ones.
@@ -78,6 +81,8 @@ class GroundedSAM2(nn.Module):
         min_area: float = 0.001,
         gd_short_side: int = 800,
         gd_max_side: int = 1333,
+        max_boxes: int | None = None,
+        sam_batch: int = 32,
         dtype: str = "fp32",
     ) -> None:
         super().__init__()
@@ -101,6 +106,11 @@ class GroundedSAM2(nn.Module):
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         self.box_threshold, self.text_threshold, self.min_area = float(box_threshold), float(text_threshold), float(min_area)
         self.gd_short_side, self.gd_max_side = int(gd_short_side), int(gd_max_side)
+        for name, v in (("max_boxes", max_boxes), ("sam_batch", sam_batch)):
+            if v is not None and int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        self.max_boxes = None if max_boxes is None else int(max_boxes)
+        self.sam_batch = int(sam_batch)
         self.max_text_len = int(self.detector.config.max_text_len)
         size = self.segmenter.config.prompt_encoder_config.image_size
         self.sam_size = (size, size) if isinstance(size, int) else tuple(size)
@@ -178,6 +188,8 @@ class GroundedSAM2(nn.Module):
                 for q in keep.nonzero().flatten().tolist():
                     noun = chunked[i][r][int(noun_idx[q])][0]
                     results[i].append((noun, xyxy[q].cpu(), float(best_token[q])))
+        if self.max_boxes is not None:
+            results = [sorted(r, key=lambda d: -d[2])[: self.max_boxes] for r in results]
         return results
 
     # ------------------------------------------------------------------ SAM-2
@@ -198,10 +210,9 @@ class GroundedSAM2(nn.Module):
             dets = detections[i]
             sy, sx = self.sam_size[0] / h, self.sam_size[1] / w
             boxes = torch.stack([d[1] for d in dets]).to(ref.device) * torch.tensor([sx, sy, sx, sy], device=ref.device)
-            res = self.segmenter(image_embeddings=[e[row : row + 1] for e in embeddings],
-                                 input_boxes=boxes[None].to(ref.dtype), multimask_output=False)
-            logits = res.pred_masks[0, :, 0].float()  # (n_boxes, m, m)
-            masks = F.interpolate(logits[:, None], size=mask_sizes[i], mode="bilinear", align_corners=False)[:, 0] > 0
+            image = [e[row : row + 1] for e in embeddings]
+            masks = torch.cat([self._box_masks(image, boxes[a : a + self.sam_batch], mask_sizes[i])
+                               for a in range(0, len(boxes), self.sam_batch)])
             merged: dict[str, list] = {}
             for (noun, _, score), m in zip(dets, masks):
                 if noun in merged:
@@ -219,6 +230,12 @@ class GroundedSAM2(nn.Module):
                 boxes=len(dets),
             )
         return out
+
+    def _box_masks(self, image: list[torch.Tensor], boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(n_boxes, *size) bool masks of one image's boxes (SAM-2 input pixels) in one decoder call."""
+        res = self.segmenter(image_embeddings=image, input_boxes=boxes[None].to(image[0].dtype), multimask_output=False)
+        logits = res.pred_masks[0, :, 0].float()  # (n_boxes, m, m)
+        return F.interpolate(logits[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] > 0
 
     def forward(self, images: list[torch.Tensor], nouns: list[list[str]], mask_sizes: list[tuple[int, int]]
                 ) -> list[NounMasks]:
