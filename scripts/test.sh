@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/setup_wordnet.sh   # WordNet for the TMG noun filter (from Debian packages)
+bash scripts/setup_clip_vocab.sh  # the CLIP BPE table for real-size random models (tests/test_real_size.py)
 exec .venv/bin/python -m pytest -q "$@"

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from lit_sr.errors import WeightsError
+from lit_sr.model.clip_vocab import byte_symbols
 from lit_sr.typed import LocalDir
 
 log = logging.getLogger(__name__)
@@ -209,16 +210,7 @@ def byte_level_clip_tokenizer(model_max_length: int = 77):
     """
     from transformers import CLIPTokenizer
 
-    # GPT-2/CLIP byte → printable-unicode map (the published algorithm).
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    symbols = [chr(c) for c in chars]
+    symbols = byte_symbols()
     vocab: dict[str, int] = {}
     for s in symbols:
         vocab[s] = len(vocab)
