@@ -1,0 +1,143 @@
+"""Diffusers directories with the published architectures of SD-2.1-base / SD-Turbo and random weights.
+
+No weights can be downloaded here, but the architecture is what breaks at real sizes (320-channel
+``conv_in``, 1024-wide cross-attention, 8× VAE, 1280-wide CLIP vision tokens). A directory written
+by :func:`write_sd_directory` has the layout and the configuration files of the published
+model, so ``backbone=sd21 backbone.path=DIR`` loads it through exactly the code that loads real
+weights (:func:`lit_sr.model.backbone.load_backbone`), and the same commands then run unchanged
+with the real directory.
+
+The configurations below are the published ``config.json`` files of
+``stabilityai/stable-diffusion-2-1-base`` and ``stabilityai/sd-turbo`` (same UNet, VAE and
+OpenCLIP-H text tower; they differ in the scheduler) and of the OpenCLIP ViT-H/14 vision tower
+(``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``) for VPIM's ``image_encoder/``. ``text_layers`` and
+``vision_layers`` make the encoders shallower (full width) for tests; the UNet and VAE are
+always full size. The pipeline's ``feature_extractor`` (input of the safety checker, which
+one-step SR never runs) is left out.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lit_sr.model.clip_vocab import write_sd2_tokenizer
+
+SD21_UNET = {
+    "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False, "cross_attention_dim": 1024,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
+    "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+    "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4, "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "upcast_attention": False, "use_linear_projection": True,
+}
+SD21_VAE = {
+    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3,
+    "sample_size": 768, "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+# OpenCLIP ViT-H/14's text tower without its last layer (SD-2 conditions on the penultimate one).
+OPENCLIP_H_TEXT = {
+    "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0, "eos_token_id": 2,
+    "hidden_act": "gelu", "hidden_size": 1024, "initializer_factor": 1.0, "initializer_range": 0.02,
+    "intermediate_size": 4096, "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "model_type": "clip_text_model",
+    "num_attention_heads": 16, "num_hidden_layers": 23, "pad_token_id": 1, "projection_dim": 512, "vocab_size": 49408,
+}
+OPENCLIP_H_VISION = {
+    "architectures": ["CLIPVisionModel"], "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gelu",
+    "hidden_size": 1280, "image_size": 224, "initializer_factor": 1.0, "initializer_range": 0.02,
+    "intermediate_size": 5120, "layer_norm_eps": 1e-05, "model_type": "clip_vision_model", "num_attention_heads": 16,
+    "num_channels": 3, "num_hidden_layers": 32, "patch_size": 14, "projection_dim": 1024,
+}
+_SCALED_LINEAR = {"beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+                  "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False,
+                  "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None}
+
+
+def _arch(diffusers_version: str, scheduler: dict, vae: dict, requires_safety_checker: bool) -> dict:
+    return {"diffusers_version": diffusers_version, "scheduler": scheduler, "vae": vae,
+            "requires_safety_checker": requires_safety_checker}
+
+
+ARCHITECTURES: dict[str, dict] = {
+    "sd21-base": _arch("0.10.0.dev0", {"_class_name": "PNDMScheduler", **_SCALED_LINEAR}, SD21_VAE, False),
+    "sd-turbo": _arch(
+        "0.24.0.dev0",
+        {"_class_name": "EulerDiscreteScheduler", **_SCALED_LINEAR, "interpolation_type": "linear",
+         "sample_max_value": 1.0, "sigma_max": None, "sigma_min": None, "timestep_spacing": "trailing",
+         "timestep_type": "discrete", "use_karras_sigmas": False},
+        {**SD21_VAE, "force_upcast": True, "scaling_factor": 0.18215},
+        True,
+    ),
+}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _check_depth(name: str, value: int, published: int) -> int:
+    if not 1 <= int(value) <= published:
+        raise ValueError(f"{name} must be in [1, {published}], got {value}")
+    return int(value)
+
+
+def write_sd_directory(
+    arch: str,
+    out: str | Path,
+    bpe: bytes,
+    seed: int = 0,
+    text_layers: int = OPENCLIP_H_TEXT["num_hidden_layers"],
+    image_encoder: bool = False,
+    vision_layers: int = OPENCLIP_H_VISION["num_hidden_layers"],
+) -> Path:
+    """Write ``unet/ vae/ scheduler/ text_encoder/ tokenizer/ model_index.json`` (+ ``image_encoder/``) to ``out``.
+
+    ``bpe`` is the CLIP BPE table (:func:`lit_sr.model.clip_vocab.read_bpe`). Weights are drawn
+    from each module's default initialisation under ``seed``. Every config file is the published
+    one (with the chosen encoder depths), not the longer one the installed library would write,
+    so loading follows the same path as for the real files.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; use one of {sorted(ARCHITECTURES)}")
+    spec = ARCHITECTURES[arch]
+    text_cfg = {**OPENCLIP_H_TEXT, "num_hidden_layers": _check_depth("text_layers", text_layers, 23)}
+    vision_cfg = {**OPENCLIP_H_VISION, "num_hidden_layers": _check_depth("vision_layers", vision_layers, 32)}
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = {"_diffusers_version": spec["diffusers_version"]}
+
+    def model_fields(cfg: dict) -> dict:
+        return {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        UNet2DConditionModel(**SD21_UNET).save_pretrained(root / "unet")
+        _write_json(root / "unet" / "config.json", {"_class_name": "UNet2DConditionModel", **stamp, **SD21_UNET})
+        torch.manual_seed(seed + 1)
+        AutoencoderKL(**spec["vae"]).save_pretrained(root / "vae")
+        _write_json(root / "vae" / "config.json", {"_class_name": "AutoencoderKL", **stamp, **spec["vae"]})
+        torch.manual_seed(seed + 2)
+        CLIPTextModel(CLIPTextConfig(**model_fields(text_cfg))).save_pretrained(root / "text_encoder")
+        _write_json(root / "text_encoder" / "config.json", text_cfg)
+        if image_encoder:
+            torch.manual_seed(seed + 3)
+            CLIPVisionModel(CLIPVisionConfig(**model_fields(vision_cfg))).save_pretrained(root / "image_encoder")
+            _write_json(root / "image_encoder" / "config.json", vision_cfg)
+    (root / "scheduler").mkdir(exist_ok=True)
+    _write_json(root / "scheduler" / "scheduler_config.json", {**spec["scheduler"], **stamp})
+    write_sd2_tokenizer(root / "tokenizer", bpe)
+    _write_json(root / "model_index.json", {
+        "_class_name": "StableDiffusionPipeline", **stamp, "feature_extractor": [None, None],
+        "requires_safety_checker": spec["requires_safety_checker"], "safety_checker": [None, None],
+        "scheduler": ["diffusers", spec["scheduler"]["_class_name"]], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    })
+    return root
