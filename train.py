@@ -4,6 +4,8 @@
     python train.py noise=uniform trainer.max_steps=20 data.batch_size=2
     python train.py experiment=osediff backbone=sd21 backbone.path=/models/sd-2-1-base trainer=gpu
     python train.py ckpt_path=last                    # resume the run in run_dir (or start it)
+    python train.py --help                            # config groups and their choices
+    python train.py experiment=codsr --cfg            # print the composed config
 """
 from __future__ import annotations
 
@@ -55,7 +57,17 @@ def run(overrides: list[str]) -> L.Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(lambda: run(list(sys.argv[1:] if argv is None else argv)))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        from lit_sr.config.usage import usage_text
+
+        print(usage_text())
+        return 0
+    if "--cfg" in args:  # the composed config, after every override and interpolation
+        from omegaconf import OmegaConf
+
+        return run_main(lambda: print(OmegaConf.to_yaml(compose([a for a in args if a != "--cfg"])), end=""))
+    return run_main(lambda: run(args))
 
 
 if __name__ == "__main__":

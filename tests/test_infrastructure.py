@@ -148,3 +148,36 @@ def test_the_system_is_chosen_by_config(make_cfg, tmp_path):
     assert mem.system._target_.endswith("mem_system") and "mem_export" in mem.callbacks
     with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
         make_cfg("experiment=nope")
+
+
+def test_train_help_lists_groups_choices_and_defaults(capsys):
+    import train
+
+    assert train.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python train.py")
+    for group in (p.name for p in CONF_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml"))):
+        assert f"  {group}:" in text, group
+    assert "*tiny " in text and " sd21 " in text and "*uniform " in text and " rgpa " in text
+    assert "CODSR's region-adaptive generative prior activation" in text  # the choice's own summary
+
+
+def test_train_cfg_prints_the_composed_config_with_overrides(capsys):
+    import train
+
+    assert train.main(["--cfg", "experiment=rcod", "backbone.vision_encoder=true", "trainer.max_steps=7"]) == 0
+    cfg = OmegaConf.create(capsys.readouterr().out)
+    assert cfg.trainer.max_steps == 7 and cfg.noise._target_.endswith("LDGNoise")
+    assert train.main(["--cfg", "noise=nope"]) == 2
+    assert "unknown noise 'nope'" in capsys.readouterr().err
+
+
+def test_values_with_equals_signs_and_num_nodes_need_no_quoting(tmp_path):
+    from lit_sr.config.compose import compose
+
+    cfg = compose(["ckpt_path=runs/x/checkpoints/epoch=0-step=80.ckpt", "trainer.num_nodes=2", "run_dir=a'b=c"])
+    assert cfg.ckpt_path == "runs/x/checkpoints/epoch=0-step=80.ckpt"
+    assert cfg.run_dir == "a'b=c" and cfg.trainer.num_nodes == 2
+    (tmp_path / "a").mkdir(), (tmp_path / "b=1").mkdir()
+    dirs = compose([f"data.train_dirs=[{tmp_path}/a,'{tmp_path}/b=1']"]).data.train_dirs  # lists stay Hydra syntax
+    assert dirs == [f"{tmp_path}/a", f"{tmp_path}/b=1"]

@@ -37,7 +37,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "train", conf
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
 
-    overrides = list(overrides or [])
+    overrides = [quote_value(item) for item in overrides or []]
     for item in overrides:
         if "=" not in item and not item.startswith("~"):  # ~key deletes a key
             raise ConfigError(f"bad override {item!r}: expected key=value (e.g. trainer.max_steps=20)")
@@ -68,6 +68,15 @@ def compose(overrides: list[str] | None = None, config_name: str = "train", conf
         schema = TrainConfig
     validate(cfg, schema)
     return cfg
+
+
+def quote_value(item: str) -> str:
+    """``key=a=b`` as ``key='a=b'``: a value holding ``=`` (Lightning's ``epoch=0-step=80.ckpt``
+    names) is one string, not Hydra syntax. Lists, dicts and quoted values stay as given."""
+    key, sep, value = item.partition("=")
+    if not sep or "=" not in value or value[:1] in "'\"[{":
+        return item
+    return f"{key}='" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _first_line(exc: BaseException) -> str:
