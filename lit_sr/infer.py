@@ -6,7 +6,9 @@
 ``--knob`` sets the noise strategy's fidelity-realism knob (t, or a preset such as ``fidelity``;
 ``uniform`` has none and ignores it). ``--gamma`` blends the fidelity/realism endpoints of IFCSR
 models: any number of values costs two generator passes per image. Unreadable files are reported
-and skipped; the rest continue.
+and skipped; the rest continue. A progress bar counts images (and the tiles of a tiled pass);
+each written file is one log line. ``--batch-size N`` runs up to N consecutive images of equal
+size in one pass (the noise some strategies draw is then seeded once per batch, not per image).
 """
 from __future__ import annotations
 
@@ -14,16 +16,21 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from PIL import Image
+from torch import Tensor
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datamodules.imageio import is_image_path, load_image
 from lit_sr.blend import read_gamma_map
 from lit_sr.cli import run_main
 from lit_sr.errors import ImageLoadError, LitSRError
 from lit_sr.model.colorfix import COLOR_FIXES
+from lit_sr.model.tiling import tile_progress
 from lit_sr.pipeline import LitSRPipeline
 
 log = logging.getLogger("lit_sr.infer")
@@ -49,7 +56,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter-weights", nargs="+", default=None, metavar="NAME=WEIGHT",
                    help="scale UNet adapters (diffusers set_adapters style), e.g. alignment=0.5")
     p.add_argument("--fuse", action="store_true", help="merge the LoRA into the base weights (not for endpoint models)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise some strategies draw (per image)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise some strategies draw (per image or batch)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images of equal size run together, up to this many (a folder of equal-size images)")
+    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="progress bars on stderr (auto: when it is a terminal)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -65,7 +76,10 @@ def list_inputs(path: Path) -> list[Path]:
     raise LitSRError(f"input not found: {path}")
 
 
-def plan_outputs(src: Path, out_dir: Path, suffixes: list[str], overwrite: bool) -> tuple[list[tuple[Path, dict[str, Path]]], int]:
+Plan = list[tuple[Path, dict[str, Path]]]  # (input image, {output suffix: output path}) per image
+
+
+def plan_outputs(src: Path, out_dir: Path, suffixes: list[str], overwrite: bool) -> tuple[Plan, int]:
     """(input image, {suffix: output path}) for every image under ``src``, and the non-image count.
 
     Every output name is distinct: inputs that share a stem in one folder (``dup.png``,
@@ -124,7 +138,33 @@ def run(args: argparse.Namespace) -> dict:
         raise LitSRError(f"{'--gamma' if args.gamma is not None else '--gamma-map'} needs a model with "
                          "fidelity/realism endpoints (IFCSR)")
     pipe.generator.noise.parse_knob(args.knob)  # a bad knob fails before the first image
+    if args.batch_size < 1:
+        raise LitSRError(f"--batch-size must be at least 1, got {args.batch_size}")
     stats = {"written": 0, "skipped": others}
+    disable = {"auto": None, "always": False, "never": True}[args.progress]  # None: tqdm's own TTY check
+    with tqdm(total=len(plan), unit="img", desc="images", disable=disable, dynamic_ncols=True) as bar, \
+            TileBar(disable) as tiles, logging_redirect_tqdm():
+        for group in equal_size_batches(plan, args.batch_size, stats):
+            lq = torch.cat([img for _, _, img in group])
+            batch = {"path": [str(path) for path, _, _ in group]}  # per-image prompts (text conditioning)
+            with tile_progress(tiles.update):
+                results = pipe.images(lq, args.knob, args.gamma, gamma_map, args.color_fix, batch, seed=args.seed)
+            for (_, outs, _), images in zip(group, results):
+                for suffix, arr in images.items():
+                    outs[suffix].parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(arr).save(outs[suffix])
+                    stats["written"] += 1
+                    log.info("wrote %s", outs[suffix])
+            bar.update(len(group))
+        bar.update(bar.total - bar.n)  # skipped files count as done
+    log.info("wrote %d images to %s; skipped %d", stats["written"], out_dir, stats["skipped"])
+    return stats
+
+
+def equal_size_batches(plan: Plan, size: int, stats: dict) -> Iterator[list[tuple[Path, dict[str, Path], Tensor]]]:
+    """Consecutive readable images of one size, up to ``size`` at a time; unreadable ones are skipped
+    (logged, counted in ``stats["skipped"]``)."""
+    group: list[tuple[Path, dict[str, Path], Tensor]] = []
     for path, outs in plan:
         try:
             lq = load_image(path)[None]
@@ -132,15 +172,37 @@ def run(args: argparse.Namespace) -> dict:
             log.warning("skipping %s", exc)
             stats["skipped"] += 1
             continue
-        batch = {"path": [str(path)]}  # per-image prompts (text conditioning with a prompt file)
-        images = pipe.images(lq, args.knob, args.gamma, gamma_map, args.color_fix, batch, seed=args.seed)
-        for suffix, arr in images.items():
-            outs[suffix].parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arr).save(outs[suffix])
-            stats["written"] += 1
-            log.info("wrote %s", outs[suffix])
-    log.info("wrote %d images to %s; skipped %d", stats["written"], out_dir, stats["skipped"])
-    return stats
+        if group and (len(group) == size or group[0][2].shape != lq.shape):
+            yield group
+            group = []
+        group.append((path, outs, lq))
+    if group:
+        yield group
+
+
+class TileBar:
+    """A second progress bar for the tiles of the current tiled pass (VAE encoder, UNet, VAE decoder)."""
+
+    def __init__(self, disable: bool | None) -> None:
+        self.disable = disable
+        self.bar: tqdm | None = None
+        self.label = ""
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if self.bar is None or label != self.label or done == 1:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = tqdm(total=total, desc=f"  {label} tiles", unit="tile", leave=False, position=1,
+                            disable=self.disable, dynamic_ncols=True)
+            self.label = label
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> TileBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _name_weight(item: str) -> tuple[str, float]:

@@ -88,8 +88,9 @@ class LitSRPipeline:
 
     def images(self, lq: torch.Tensor, knob: Any = None, gammas: Sequence[float] | None = None,
                gamma_map: np.ndarray | None = None, color: str = "none", batch: dict | None = None,
-               seed: int | None = None) -> dict[str, np.ndarray]:
-        """8-bit SR images of an LQ batch of one in [0, 1]: ``{"": sr}``, ``{"_g0.5": …}`` per γ, or ``{"_region": …}``."""
+               seed: int | None = None) -> list[dict[str, np.ndarray]]:
+        """8-bit SR images of an LQ batch in [0, 1], one dict per image: ``{"": sr}``, ``{"_g0.5": …}``
+        per γ, or ``{"_region": …}``. ``seed`` seeds the noise a strategy draws, once per call."""
         g = self.generator
         if (gammas is not None or gamma_map is not None) and not g.has_endpoints:
             raise LitSRError(f"{'gamma' if gammas is not None else 'gamma_map'} needs a model with fidelity/realism "
@@ -104,13 +105,14 @@ class LitSRPipeline:
                 outs = ({f"_g{v:g}": x for v, x in zip(gammas, blend_many(x_fid, x_real, list(gammas)))}
                         if gammas is not None else {"fid": x_fid, "real": x_real})
             ref = g.upsample(lq).float()
-        arrays = {k: to_uint8(color_fix(x.float(), ref, color)[0]) for k, x in outs.items()}
+        fixed = {k: color_fix(x.float(), ref, color) for k, x in outs.items()}
+        results = [{k: to_uint8(x[i]) for k, x in fixed.items()} for i in range(lq.shape[0])]
         if gamma_map is not None:  # the page's rule on the 8-bit endpoints: bit-identical to its export
-            if gamma_map.shape != arrays["fid"].shape[:2]:
-                h, w = arrays["fid"].shape[:2]
+            h, w = results[0]["fid"].shape[:2]
+            if gamma_map.shape != (h, w):
                 raise LitSRError(f"the gamma map is {gamma_map.shape[1]}x{gamma_map.shape[0]}, the output is {w}x{h}")
-            arrays = {"_region": blend_uint8(arrays["fid"], arrays["real"], gamma_map)}
-        return arrays
+            results = [{"_region": blend_uint8(r["fid"], r["real"], gamma_map)} for r in results]
+        return results
 
     def __call__(self, image: str | Path | Image.Image | np.ndarray | torch.Tensor, knob: Any = None,
                  gamma: float | Sequence[float] | None = None, gamma_map: np.ndarray | str | Path | None = None,
@@ -121,9 +123,9 @@ class LitSRPipeline:
             from lit_sr.blend import read_gamma_map
 
             gamma_map = read_gamma_map(gamma_map)
-        gammas = None if gamma is None else ([float(gamma)] if isinstance(gamma, (int, float)) else [float(v) for v in gamma])
+        gammas = None if gamma is None else [float(v) for v in ([gamma] if isinstance(gamma, (int, float)) else gamma)]
         batch = {"path": [str(image)]} if isinstance(image, (str, Path)) else None
-        out = self.images(lq, knob, gammas, gamma_map, color, batch, seed)
+        out = self.images(lq, knob, gammas, gamma_map, color, batch, seed)[0]
         pil = [Image.fromarray(a) for a in out.values()]
         return pil if gammas is not None and len(gammas) > 1 else pil[0]
 

@@ -81,8 +81,8 @@ def test_fused_adapters_give_the_unfused_output(make_cfg, tiny_bb, tmp_path):
     lq = np.asarray(Image.fromarray((np.random.default_rng(4).random((12, 16, 3)) * 255).astype(np.uint8)))
     plain = LitSRPipeline.from_pretrained(model, device="cpu")
     fused = LitSRPipeline.from_pretrained(model, device="cpu", fuse=True)
-    a = plain.images(torch.from_numpy(lq.transpose(2, 0, 1).astype(np.float32) / 255)[None])[""]
-    b = fused.images(torch.from_numpy(lq.transpose(2, 0, 1).astype(np.float32) / 255)[None])[""]
+    a = plain.images(torch.from_numpy(lq.transpose(2, 0, 1).astype(np.float32) / 255)[None])[0][""]
+    b = fused.images(torch.from_numpy(lq.transpose(2, 0, 1).astype(np.float32) / 255)[None])[0][""]
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # merged weights: equal up to float rounding
     endpoint, _ = _trained_export(make_cfg, tiny_bb, tmp_path / "e", PRESETS["ifcsr"])
     with pytest.raises(Exception, match="endpoint"):

@@ -125,7 +125,7 @@ class OneStepSR(nn.Module):
             with fixed_group_norms(stats):
                 moments = tiled(lambda ys, xs: self.vae.encode(x[..., ys.start * f:ys.stop * f, xs.start * f:xs.stop * f])
                                 .latent_dist.parameters, (x.shape[-2] // f, x.shape[-1] // f), tile // f,
-                                self.vae_tile_overlap // f)
+                                self.vae_tile_overlap // f, label="VAE encoder")
             dist = DiagonalGaussianDistribution(moments)
         z = dist.sample(generator=generator) if self.vae_sample else dist.mode()
         return z * self.scaling_factor
@@ -165,7 +165,7 @@ class OneStepSR(nn.Module):
             self.vae.decode(downscaled(z, tile // f))
         with fixed_group_norms(stats):
             out = tiled(lambda ys, xs: self.vae.decode(z[..., ys, xs]).sample, tuple(z.shape[-2:]), tile // f,
-                        self.vae_tile_overlap // f, out_per_unit=f)
+                        self.vae_tile_overlap // f, out_per_unit=f, label="VAE decoder")
         return out.clamp(-1, 1)
 
     def _modulate_hook(self, module: nn.Module, args: Any, h: torch.Tensor) -> torch.Tensor | None:
@@ -194,7 +194,7 @@ class OneStepSR(nn.Module):
             maps = None if mod_maps is None else (mod_maps[0][..., ys, xs], mod_maps[1][..., ys, xs])
             return self._unet_call(z[..., ys, xs], t, ehs, maps)
 
-        return tiled(part, tuple(z.shape[-2:]), tile, self.tile_overlap)
+        return tiled(part, tuple(z.shape[-2:]), tile, self.tile_overlap, label="UNet")
 
     def modulation_maps(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(λ_t·γ, λ_t·β) at latent resolution, or None without modulation."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -46,30 +47,48 @@ def blend_window(h: int, w: int, overlap: int, device, dtype) -> torch.Tensor:
     return (ramp(h)[:, None] * ramp(w)[None, :]).to(device, dtype)[None, None]
 
 
+TileProgress = Callable[[str, int, int], None]
+_progress: ContextVar[TileProgress | None] = ContextVar("lit_sr_tile_progress", default=None)
+
+
+@contextmanager
+def tile_progress(callback: TileProgress) -> Iterator[None]:
+    """Call ``callback(label, done, total)`` after each tile of every tiled pass inside the block
+    (only for passes of more than one tile): what a progress bar per tile needs."""
+    token = _progress.set(callback)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
 def tiled(fn: Callable[[slice, slice], torch.Tensor], size: tuple[int, int], tile: int, overlap: int,
-          out_per_unit: int = 1) -> torch.Tensor:
+          out_per_unit: int = 1, label: str = "tiles") -> torch.Tensor:
     """Blend ``fn`` over overlapping tiles of a ``size`` = (H, W) grid (in units).
 
     ``fn(ys, xs)`` returns the output of the tile ``[ys, xs]`` (unit slices), at ``out_per_unit``
     output pixels per unit: shape (B, C, len(ys)·k, len(xs)·k). Tiles are ``tile`` units with
-    ``overlap`` units shared between neighbours.
+    ``overlap`` units shared between neighbours. ``label`` names the pass for :func:`tile_progress`.
     """
     h, w = size
     overlap = max(0, min(overlap, tile // 2))
     stride = max(tile - overlap, 1)
     k = int(out_per_unit)
     out = weight = None
-    for y in tile_starts(h, tile, stride):
-        for x in tile_starts(w, tile, stride):
-            ys, xs = slice(y, min(y + tile, h)), slice(x, min(x + tile, w))
-            part = fn(ys, xs)
-            if out is None:
-                out = part.new_zeros(part.shape[0], part.shape[1], h * k, w * k)
-                weight = part.new_zeros(1, 1, h * k, w * k)
-            win = blend_window(part.shape[-2], part.shape[-1], overlap * k, part.device, part.dtype)
-            region = (..., slice(ys.start * k, ys.stop * k), slice(xs.start * k, xs.stop * k))
-            out[region] += part * win
-            weight[region] += win
+    grid = [(y, x) for y in tile_starts(h, tile, stride) for x in tile_starts(w, tile, stride)]
+    report = _progress.get() if len(grid) > 1 else None
+    for done, (y, x) in enumerate(grid, 1):
+        ys, xs = slice(y, min(y + tile, h)), slice(x, min(x + tile, w))
+        part = fn(ys, xs)
+        if out is None:
+            out = part.new_zeros(part.shape[0], part.shape[1], h * k, w * k)
+            weight = part.new_zeros(1, 1, h * k, w * k)
+        win = blend_window(part.shape[-2], part.shape[-1], overlap * k, part.device, part.dtype)
+        region = (..., slice(ys.start * k, ys.stop * k), slice(xs.start * k, xs.stop * k))
+        out[region] += part * win
+        weight[region] += win
+        if report is not None:
+            report(label, done, len(grid))
     return out / weight
 
 
