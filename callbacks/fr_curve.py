@@ -32,6 +32,7 @@ import torch
 
 from lit_sr.errors import ConfigError
 from lit_sr.metrics.hypervolume import curve_hypervolume
+from lit_sr.metrics.niqe import size_problem as niqe_size_problem
 from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
 from lit_sr.metrics.sweep import KnobSweep, SweepPoint, SweepScores, seeded
 from lit_sr.metrics.table import Table
@@ -115,6 +116,10 @@ class FidelityRealismCurve(Checked, L.Callback):
                     "strategy with a knob (noise=rgpa or noise=ldg) or fidelity/realism endpoints (model.endpoints)")
         if not facts.has_val:
             return "callbacks.fr_curve runs on the validation set: val must not be null"
+        if "niqe" in {*(node.get("metrics") or []), node.get("fidelity"), node.get("realism")}:
+            problem = niqe_size_problem(facts.val_crop)
+            if problem:
+                return f"callbacks.fr_curve: {problem} (or another realism metric: callbacks.fr_curve.realism=...)"
         return None
 
     # ------------------------------------------------------------------ setup
@@ -151,9 +156,9 @@ class FidelityRealismCurve(Checked, L.Callback):
         hv = self.hypervolume(rows)
         for point, row in zip(points, rows):
             for name, value in row.items():
-                pl_module.log(f"curve/{name}@{point.label}", value, sync_dist=False)
+                pl_module.log(f"curve/{name}@{point.label}", value, sync_dist=True)  # equal on every rank
         if hv is not None:
-            pl_module.log("curve/hypervolume", hv, sync_dist=False)
+            pl_module.log("curve/hypervolume", hv, sync_dist=True)
         if trainer.is_global_zero:
             self.write(trainer, points, rows, hv)
 

@@ -249,3 +249,16 @@ def test_every_n_epochs_runs_once_in_every_nth_epoch(tmp_path):
         due.append(ok)
     assert due == [False, True, False, False, True]
     assert not FidelityRealismCurve(tmp_path)._due(SimpleNamespace(sanity_checking=True, current_epoch=0))
+
+
+def test_niqe_on_too_small_validation_crops_fails_at_compose():
+    """NIQE needs two 96x96 patches: 128x128 validation crops fail before training, not at the first validation."""
+    from lit_sr.config.compose import compose
+
+    with pytest.raises(ConfigError, match=r"callbacks.fr_curve: NIQE needs .* data.val_crop=192"):
+        compose(["callbacks=fr_curve", "noise=rgpa", "data.val_crop=128"])
+    with pytest.raises(ConfigError, match=r"val.metrics: NIQE needs"):
+        compose(["val.metrics=[psnr,niqe]", "data.val_crop=128"])
+    compose(["callbacks=fr_curve", "noise=rgpa", "data.val_crop=192"])
+    compose(["callbacks=fr_curve", "noise=rgpa", "data.val_crop=128", "callbacks.fr_curve.realism=ssim",
+             "callbacks.fr_curve.metrics=[psnr]", "callbacks.fr_curve.reference=[10,0]"])

@@ -144,3 +144,38 @@ def test_ddp_is_told_about_unused_parameters_only_when_a_backward_can_miss_some(
     assert strategy(system) == "auto"  # one CPU device: no DDP at all
     assert strategy(system, "trainer.strategy=fsdp") == "fsdp"  # an explicit choice is kept
     assert strategy(plain, "trainer.strategy=ddp") == "ddp"
+
+
+class _Metrics(L.pytorch.loggers.Logger):
+    """Every metrics dict the trainer hands to its loggers, with the step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict]] = []
+
+    name, version = "record", 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+    def log_hyperparams(self, *args, **kwargs) -> None:
+        pass
+
+
+def test_loggers_get_only_the_terms_computed_in_each_stage(make_cfg, tiny_bb, tmp_path):
+    """A term switched off at a stage boundary is not repeated with its last value (IFCSR stage 2)."""
+    stages = [{"name": "a", "steps": 2, "train_adapters": ["main"], "losses": {"mse": None}},
+              {"name": "b", "train_adapters": ["main"], "losses": {"second": None}}]
+    cfg = _cfg(make_cfg, stages, "+loss.terms.second._target_=losses.mse.MSELoss")
+    system = build_system(cfg, backbone=tiny_bb)
+    record = _Metrics()
+    g = torch.Generator().manual_seed(0)
+    data = [{"lq": torch.rand(1, 3, 8, 8, generator=g), "hq": torch.rand(1, 3, 32, 32, generator=g)} for _ in range(8)]
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=record, log_every_n_steps=1, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(system, torch.utils.data.DataLoader(data, batch_size=None))
+    train_rows = [(step, m) for step, m in record.rows if "train/loss" in m]
+    assert [step for step, _ in train_rows] == [0, 1, 2, 3]
+    for step, m in train_rows:
+        assert ("train/mse" in m, "train/second" in m) == ((True, False) if step < 2 else (False, True)), (step, m)
+        assert m["train/stage"] == (0.0 if step < 2 else 1.0)

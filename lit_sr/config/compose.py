@@ -202,7 +202,7 @@ def facts_of(cfg: DictConfig):
 
     backbone = cfg.get("backbone") or {}
     noise, cond = cls("noise", NoiseStrategy), cls("conditioning", Conditioner)
-    model = cfg.get("model") or {}
+    model, data = cfg.get("model") or {}, cfg.get("data") or {}
     return RunFacts(
         text_encoder=bool(backbone.get("text_encoder", True)),
         vision_encoder=bool(backbone.get("vision_encoder")),
@@ -212,6 +212,7 @@ def facts_of(cfg: DictConfig):
         noise_has_knob=bool(noise is not None and noise.has_knob),
         endpoints=bool(model.get("endpoints")),
         has_val=cfg.get("val") is not None,
+        val_crop=None if data.get("val_paired") is not None else data.get("val_crop"),
     )
 
 
@@ -236,6 +237,12 @@ def _validate_train(cfg: DictConfig, typed: Any, targets: list[tuple[str, DictCo
         _check_stages(cfg, typed)
     _check_monitor(cfg, typed)
     facts = facts_of(cfg)
+    if typed.val is not None and "niqe" in typed.val.metrics:
+        from lit_sr.metrics.niqe import size_problem
+
+        problem = size_problem(facts.val_crop)
+        if problem:
+            raise ConfigError(f"val.metrics: {problem}")
     for key, node, target in targets:
         if isinstance(target, type) and issubclass(target, Checked):
             problem = target.requires(node, facts)

@@ -110,6 +110,14 @@ def _patch_features(blocks: torch.Tensor, grid: _GammaGrid) -> torch.Tensor:
     return torch.stack(feats, dim=1)
 
 
+def size_problem(square: int | None) -> str | None:
+    """Why NIQE cannot score ``square``×``square`` images (None: it can, or the size is unknown)."""
+    if square is not None and (square // BLOCK) ** 2 < 2:
+        return (f"NIQE needs images of at least {BLOCK}x{2 * BLOCK} (two {BLOCK}x{BLOCK} patches), and validation "
+                f"crops are {square}x{square}: set data.val_crop={2 * BLOCK} (or null: whole images)")
+    return None
+
+
 def niqe_y(y: torch.Tensor, params: dict[str, torch.Tensor], block: int = BLOCK) -> torch.Tensor:
     """NIQE of one luminance image ``y`` (H, W) in [0, 255]; returns a float64 scalar."""
     if y.ndim != 2:

@@ -21,6 +21,7 @@ class RunFacts:
     noise_has_knob: bool = False  # the noise strategy has a fidelity-realism knob
     endpoints: bool = False  # the model has fidelity/realism endpoints (IFCSR γ)
     has_val: bool = True  # a validation set and metrics are configured
+    val_crop: int | None = None  # side of the square validation HQ crops (None: whole images or unknown)
 
 
 class Checked:

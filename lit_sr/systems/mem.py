@@ -12,6 +12,7 @@ from torch import nn
 from lit_sr.model.conditioning.frozen import FrozenModule
 from lit_sr.model.mem import MetricEstimator, generator_latents
 from lit_sr.model.noise.ldg import latent_cosine
+from lit_sr.systems.distributed import gather_objects
 
 
 class MEMSystem(L.LightningModule):
@@ -62,13 +63,15 @@ class MEMSystem(L.LightningModule):
         self._val.append((pred.detach().float().cpu(), target.detach().float().cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        # Every rank's validation shard, so each rank computes (and logs) the same numbers.
+        shards = gather_objects(self._val, self.trainer.world_size)
+        self._val = []
+        if not any(shards):
             return
-        pred = torch.cat([p for p, _ in self._val])
-        target = torch.cat([t for _, t in self._val])
-        self._val.clear()
-        self.log("val/mem_mae", (pred - target).abs().mean().item())
+        pred = torch.cat([p for shard in shards for p, _ in shard])
+        target = torch.cat([t for shard in shards for _, t in shard])
+        self.log("val/mem_mae", (pred - target).abs().mean().item(), sync_dist=True)
         if pred.numel() > 1 and pred.std() > 0 and target.std() > 0:
-            self.log("val/mem_corr", torch.corrcoef(torch.stack([pred, target]))[0, 1].item())
+            self.log("val/mem_corr", torch.corrcoef(torch.stack([pred, target]))[0, 1].item(), sync_dist=True)
         grouping = self.generator.noise.group_index  # how often the estimate picks LDG's true group
-        self.log("val/mem_group_acc", (grouping(pred) == grouping(target)).float().mean().item())
+        self.log("val/mem_group_acc", (grouping(pred) == grouping(target)).float().mean().item(), sync_dist=True)

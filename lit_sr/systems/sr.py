@@ -37,6 +37,7 @@ from lit_sr.model.adapters import only_trainable, train_only
 from lit_sr.model.blend import blend
 from lit_sr.model.generator import OneStepSR
 from lit_sr.model.output import SROutput
+from lit_sr.systems.distributed import gather_objects
 from lit_sr.systems.guard import FiniteGuard
 from lit_sr.systems.stages import Stage, StagePlan
 from losses.base import LossTerm
@@ -154,6 +155,20 @@ class SRSystem(L.LightningModule):
                      self._global_step(), ", ".join(self.plan.stage_units(self.plan[index])))
         self._stage_idx = index
 
+    def _forget_inactive_terms(self) -> None:
+        """Loggers get only the terms computed in this stage.
+
+        Lightning keeps every value logged in an epoch and hands all of them to the loggers at each
+        logging step, so a term switched off at a stage boundary would repeat its last value until
+        the epoch ends (IFCSR stage 2 showed a frozen ``train/mse``). Its stored results are reset
+        here (a reset result is skipped until logged again).
+        """
+        live = {f"train/{n}" for n in self._active_terms} | {f"train/{n}_aux" for n in self._active_terms}
+        for result in self.trainer._results.values():  # the training loop's ResultCollection
+            name = result.meta.name
+            if name.startswith("train/") and name != "train/loss" and name != "train/stage" and name not in live:
+                result.reset()
+
     def _set_lrs(self, index: int) -> None:
         """Group learning rates of the stage; with a scheduler, its base rates (the schedule scales them)."""
         if self._trainer is None or not self.trainer.optimizers:
@@ -235,6 +250,7 @@ class SRSystem(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self._sync_stage()
+        self._forget_inactive_terms()  # here, not at the stage switch: the last step's values are logged by now
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         gen_opt, term_opts = opts[0], iter(opts[1:])
@@ -301,15 +317,12 @@ class SRSystem(L.LightningModule):
             self._pending_rng = None
 
     def on_train_epoch_end(self) -> None:
-        bad = set(self._bad_files)
-        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, sorted(bad))
-            bad = set().union(*gathered)
+        bad = set().union(*gather_objects(sorted(self._bad_files), self.trainer.world_size))
         if bad and self.global_rank == 0:
             log.warning("epoch %d: %d distinct training images were unusable and skipped so far (each named above)",
                         self.current_epoch, len(bad))
-        self.log("data/unusable_files", float(len(bad)), sync_dist=False)
+        # The same value on every rank (gathered above): sync_dist only tells Lightning it is global.
+        self.log("data/unusable_files", float(len(bad)), sync_dist=True)
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
@@ -328,7 +341,7 @@ class SRSystem(L.LightningModule):
         values = self.val_metrics.compute()
         self.val_metrics.reset()
         for name, value in values.items():
-            self.log(f"val/{name}", float(value), sync_dist=False, rank_zero_only=False)
+            self.log(f"val/{name}", float(value), sync_dist=True)  # already synced by the suite: a mean of equals
 
     # ------------------------------------------------------------------ checkpoints
     def _trainable_keys(self) -> set[str]:
