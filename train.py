@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from contextlib import nullcontext
 
 import lightning as L
@@ -39,6 +40,8 @@ def run(overrides: list[str]) -> L.Trainer:
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     ckpt_path, resume_step = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
+    if ckpt_path:  # a resume writes into its own checkpoint folder on purpose: Lightning's notice says nothing new
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     lock = RunLock(cfg.run_dir) if cfg.run_lock and is_launch_rank_zero() else nullcontext()
     with lock:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -36,6 +36,7 @@ from lit_sr.metrics.niqe import size_problem as niqe_size_problem
 from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
 from lit_sr.metrics.sweep import KnobSweep, SweepPoint, SweepScores, seeded
 from lit_sr.metrics.table import Table
+from lit_sr.metrics.trend import Trend, sweep_trends, trend_lines
 from lit_sr.model.facts import Checked, RunFacts
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,15 @@ class FidelityRealismCurve(Checked, L.Callback):
                 pl_module.log(f"curve/{name}@{point.label}", value, sync_dist=True)  # equal on every rank
         if hv is not None:
             pl_module.log("curve/hypervolume", hv, sync_dist=True)
+        trends = sweep_trends(points, rows, [n for n in METRIC_NAMES if n in self.suite.names])
+        for trend in trends:
+            if trend.spearman is not None and "(" not in trend.axis:  # one line per metric on a 1-D sweep
+                pl_module.log(f"curve/spearman_{trend.metric}", trend.spearman, sync_dist=True)
         if trainer.is_global_zero:
-            self.write(trainer, points, rows, hv)
+            for line in trend_lines(trends, self.suite.display_names):
+                log.info("fr_curve step %d: %s", trainer.global_step, line)
+        if trainer.is_global_zero:
+            self.write(trainer, points, rows, hv, trends)
 
     def _batches(self, trainer: L.Trainer) -> Iterable[dict]:
         loaders = trainer.val_dataloaders
@@ -215,7 +223,8 @@ class FidelityRealismCurve(Checked, L.Callback):
         return hib[self.fidelity], hib[self.realism]
 
     # ------------------------------------------------------------------ outputs
-    def write(self, trainer: L.Trainer, points: list[SweepPoint], rows: list[dict[str, float]], hv: float | None) -> None:
+    def write(self, trainer: L.Trainer, points: list[SweepPoint], rows: list[dict[str, float]], hv: float | None,
+              trends: list[Trend] = ()) -> None:
         assert self.suite is not None
         step, epoch = int(trainer.global_step), int(trainer.current_epoch)
         stem = self.out_dir / f"step{step:06d}"
@@ -232,6 +241,8 @@ class FidelityRealismCurve(Checked, L.Callback):
             "higher_is_better": self.suite.higher_is_better, "reference": self.reference, "hypervolume": hv,
             "unavailable": self.suite.unavailable,
             "points": [{"knob": p.knob, "gamma": p.gamma, "label": p.label, "metrics": row} for p, row in zip(points, rows)],
+            "trends": [{"axis": t.axis, "metric": t.metric, "spearman": t.spearman, "non_monotone": t.against}
+                       for t in trends],
         }
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
         image = plot_curve(points, rows, self.fidelity, self.realism, self.suite.display_names,
@@ -242,7 +253,7 @@ class FidelityRealismCurve(Checked, L.Callback):
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2), encoding="utf-8")
         table = Table(title=f"fidelity-realism sweep, step {step}", key_columns=["setting"], metrics=names,
                       display=self.suite.display_names, rows=[([p.label], r) for p, r in zip(points, rows)],
-                      unavailable=self.suite.unavailable)
+                      unavailable=self.suite.unavailable, notes=trend_lines(trends, self.suite.display_names))
         from lightning.pytorch.loggers import TensorBoardLogger
 
         for logger in trainer.loggers:

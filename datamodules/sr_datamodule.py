@@ -62,6 +62,14 @@ class _Items(Dataset):
         return self.items[i]
 
 
+def _stat(path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
 def _folders(value: list[str] | str | None) -> list[str] | None:
     return [value] if isinstance(value, str) else (None if value is None else [str(v) for v in value])
 
@@ -187,6 +195,29 @@ class SRDataModule(L.LightningDataModule):
             self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
             collate_fn=DegradeCollate(degrade, self.seed), drop_last=True, persistent_workers=self.num_workers > 0,
         )
+
+    def calibration_batches(self, max_samples: int) -> tuple[DataLoader, str]:
+        """This rank's share of the first ``max_samples`` training draws of epoch 0, cropped and
+        batched as in training (degraded in the loader, or by :meth:`on_after_batch_transfer` when
+        ``degrade_on=device``), and a signature of everything those samples depend on — for
+        caching values derived from them (LDG's ``m_min: auto``) next to the file index."""
+        import hashlib
+        import json
+
+        if self.train_set is None:
+            self.setup("fit")
+        rank, world = self._rank_world()
+        order = list(iter(EpochSampler(len(self.train_set), self.seed)))[: int(max_samples)]
+        draws = order[rank::world]
+        degrade = self.degradation if self.degrade_on == "worker" else None
+        loader = DataLoader(self.train_set, batch_size=self.batch_size, sampler=draws, num_workers=self.num_workers,
+                            collate_fn=DegradeCollate(degrade, self.seed))
+        crops = getattr(self.train_set, "dataset", self.train_set)  # under the TMG mask wrapper
+        files = getattr(crops, "files", [])
+        listing = [(str(p), *_stat(p)) for p in files]
+        key = {"files": listing, "crop": self.crop_size, "min_size": self.min_size, "seed": self.seed,
+               "epoch_size": len(self.train_set), "batch": self.batch_size, "samples": len(order), "world": world}
+        return loader, hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
     def val_dataloader(self) -> DataLoader:
         # Batch 1: validation images may differ in size. Each rank scores its own shard.

@@ -29,6 +29,7 @@ from lit_sr.errors import LitSRError
 from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
 from lit_sr.metrics.sweep import DEFAULT_GAMMAS, KnobSweep, SweepScores, seeded
 from lit_sr.metrics.table import LABELS, Table
+from lit_sr.metrics.trend import sweep_trends, trend_lines
 
 log = logging.getLogger("lit_sr.evaluate")
 
@@ -204,7 +205,9 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
     key_columns = ["knob"] + (["γ"] if sweep.gammas is not None else [])
     rows = [([p.knob_text] + ([f"{p.gamma:g}"] if p.gamma is not None else []), m) for p, m in zip(points, means)]
     what = f"model {args.model} on {hq_dir or lq_dir}"
-    return _table(suite, args, what, count, key_columns, rows, unavailable)
+    table = _table(suite, args, what, count, key_columns, rows, unavailable)
+    table.notes = trend_lines(sweep_trends(points, means, table.metrics), suite.display_names)
+    return table
 
 
 def _evaluate_folders(args: argparse.Namespace, sr_dirs: list[Path], hq_dir: Path | None, device: torch.device) -> Table:

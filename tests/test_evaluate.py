@@ -43,21 +43,23 @@ def test_model_table_has_one_row_per_knob_and_arrows(tmp_path, paired, make_cfg,
     export_adapter(build_generator(cfg, tiny_bb), tmp_path / "model", config=OmegaConf.to_container(cfg))
     lq, hq = paired
     out, out_csv = tmp_path / "table.md", tmp_path / "table.csv"
-    rc = main(["--model", str(tmp_path / "model"), "--lq-dir", str(lq), "--hq-dir", str(hq), "--knobs", "50", "300",
+    rc = main(["--model", str(tmp_path / "model"), "--lq-dir", str(lq), "--hq-dir", str(hq), "--knobs", "50", "150", "300",
                "--metrics", "psnr", "ssim", "lpips", "--out", str(out), "--csv", str(out_csv)])
     assert rc == 0
     text = out.read_text()
     assert text == capsys.readouterr().out  # printed and written alike
     header, rows = _table_rows(text)
     assert header == ["knob", "PSNR↑", "SSIM↑"]  # LPIPS has no weights here: no column, no numbers
-    assert [r[0] for r in rows] == ["50", "300"]
+    assert [r[0] for r in rows] == ["50", "150", "300"]
+    trend = [ln for ln in text.splitlines() if ln.startswith("Trend along t (Spearman ρ): PSNR↑ ")]
+    assert len(trend) == 1 and "SSIM↑" in trend[0]
     assert all(float(v) > 0 for r in rows for v in r[1:])
     note = [ln for ln in text.splitlines() if ln.startswith("Not available")]
     assert len(note) == 1 and "LPIPS" in note[0] and "lpips_weights" in note[0]
     assert "2 images" in text and "UNCALIBRATED" not in text
     with open(out_csv, newline="") as fh:
         table = list(csv.reader(fh))
-    assert table[0] == ["knob", "PSNR↑", "SSIM↑"] and len(table) == 3
+    assert table[0] == ["knob", "PSNR↑", "SSIM↑"] and len(table) == 4
     assert abs(float(table[1][1]) - float(rows[0][1])) < 0.005  # CSV keeps full precision
 
 

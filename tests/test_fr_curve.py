@@ -149,6 +149,9 @@ def test_curve_callback_on_tiny_model_writes_one_row_per_knob(tmp_path, make_cfg
     metrics = trainer.callback_metrics  # what ModelCheckpoint(monitor=...) reads
     assert float(metrics["curve/hypervolume"]) == pytest.approx(expected, rel=1e-6)
     assert float(metrics["curve/psnr@500"]) == pytest.approx(psnr[1], rel=1e-6)
+    trend = next(t for t in payload["trends"] if t["metric"] == "psnr")  # knobs 999, 500: psnr[0] at the larger t
+    assert trend["axis"] == "t" and trend["spearman"] == (1.0 if psnr[0] > psnr[1] else -1.0)
+    assert float(metrics["curve/spearman_psnr"]) == trend["spearman"] and trend["non_monotone"] == []
     with Image.open(tmp_path / "curves" / "step000000.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
     events = EventAccumulator(str(tmp_path / "tb")).Reload()

@@ -107,7 +107,7 @@ def test_unet_sees_the_clean_latent_and_x0_conversion():
 def test_generator_trains_at_the_group_of_its_own_latents(make_cfg, tiny_bb):
     from lit_sr.config.build import build_generator
 
-    g = build_generator(make_cfg("noise=ldg"), tiny_bb).train()
+    g = build_generator(make_cfg("noise=ldg", "noise.m_min=0.3", "noise.m_max=0.9"), tiny_bb).train()
     torch.manual_seed(0)
     hq = torch.rand(3, 3, 64, 64)
     lq = torch.nn.functional.interpolate(hq, scale_factor=0.25, mode="area")
@@ -137,7 +137,7 @@ def test_config_errors_are_one_line(make_cfg, tmp_path):
 def test_hq_latent_comes_from_the_configured_encoder_and_aligns_at_odd_sizes(make_cfg, tiny_bb, encoder):
     from lit_sr.config.build import build_generator
 
-    g = build_generator(make_cfg("noise=ldg", f"noise.hq_encoder={encoder}"), tiny_bb).train()
+    g = build_generator(make_cfg("noise=ldg", "noise.m_min=0.3", "noise.m_max=0.9", f"noise.hq_encoder={encoder}"), tiny_bb).train()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a trained-looking VAE LoRA, so the two encoders differ
         for name, p in g.vae.named_parameters():
@@ -156,3 +156,67 @@ def test_hq_latent_comes_from_the_configured_encoder_and_aligns_at_odd_sizes(mak
     torch.testing.assert_close(out.z_hq, adapted if encoder == "adapted" else base)
     with pytest.raises(ConfigError, match="hq_encoder"):
         make_cfg("noise=ldg", "noise.hq_encoder=other")
+
+
+def test_calibration_takes_min_max_or_equal_population_edges(caplog):
+    """m_min/m_max: auto are the data's extremes; quantile edges give every group a third of the data;
+    fixed edges far from a bunched-up distribution starve two groups, and the epoch report says so."""
+    g = torch.Generator().manual_seed(0)
+    m = 1 - torch.rand(3000, generator=g, dtype=torch.float64) ** 3 * 0.2  # bunched near 1, like the tiny default
+    auto = _ldg(m_min="auto", m_max="auto")
+    assert auto.needs_calibration
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        auto.group_index(m)
+    assert auto.calibrate(m) == {"m_min": float(m.min()), "m_max": float(m.max())} and not auto.needs_calibration
+    assert auto.group_edges() == pytest.approx([float(m.min()) + i * float(m.max() - m.min()) / 3 for i in (1, 2)])
+
+    quant = _ldg(grouping="quantile")
+    values = quant.calibrate(m)
+    shares = torch.bincount(quant.group_index(m), minlength=3).double() / m.numel()
+    assert shares.tolist() == pytest.approx([1 / 3] * 3, abs=2e-3) and len(values["edges"]) == 2
+    assert _ldg(grouping="quantile", edges=values["edges"]).group_index(m).tolist() == quant.group_index(m).tolist()
+
+    fixed = _ldg(m_min=0.3, m_max=0.9)
+    ctx = NoiseContext(lq_up=torch.zeros(1), z_lq=torch.zeros(1), training=True)
+    for value in m[:100]:  # training passes count their groups
+        z_l, z_h = _pair_with_cosine(float(value))
+        fixed.timesteps(NoiseContext(lq_up=ctx.lq_up, z_lq=z_l, training=True, z_hq=z_h))
+    counts = fixed.pop_training_counts()
+    assert counts == {"group_t750": 0, "group_t500": 0, "group_t250": 100}
+    assert fixed.pop_training_counts()["group_t250"] == 0  # reset after reading
+    with caplog.at_level("WARNING"):
+        shares = fixed.report_training_counts(counts)
+    assert shares == {"group_t750": 0.0, "group_t500": 0.0, "group_t250": 1.0}
+    assert "t=750 (0.0%), t=500 (0.0%)" in caplog.text and "grouping=quantile" in caplog.text
+
+
+def test_training_calibrates_once_caches_exports_and_resumes_with_the_same_groups(tmp_path, caplog):
+    import csv
+
+    from omegaconf import OmegaConf
+
+    import train
+
+    common = ["noise=ldg", "noise.grouping=quantile", "trainer.enable_progress_bar=false", "data.epoch_size=8",
+              "data.batch_size=2", "val.metrics=[psnr]", "trainer.log_every_n_steps=1", "val.num_sample_images=0"]
+    with caplog.at_level("INFO", logger="lit_sr.systems.calibration"):
+        train.run([*common, f"run_dir={tmp_path / 'a'}", "trainer.max_steps=4", "trainer.val_check_interval=4"])
+    assert "noise calibration over 8 training samples" in caplog.text
+    edges = list(OmegaConf.load(tmp_path / "a" / "adapter" / "config.yaml").noise.edges)
+    assert len(edges) == 2 and edges == sorted(edges)
+    with open(tmp_path / "a" / "csv" / "metrics.csv") as f:
+        shares = [float(r["noise/group_t250"]) for r in csv.DictReader(f) if r.get("noise/group_t250")]
+    assert shares  # logged at the epoch end
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lit_sr.systems.calibration"):  # the same data: values from the cache
+        train.run([*common, f"run_dir={tmp_path / 'b'}", "trainer.max_steps=2", "trainer.val_check_interval=2"])
+    assert "cached training-sample values" in caplog.text
+    assert list(OmegaConf.load(tmp_path / "b" / "adapter" / "config.yaml").noise.edges) == edges
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lit_sr.systems.calibration"):  # a resume restores, never recomputes
+        train.run([*common, f"run_dir={tmp_path / 'a'}", "trainer.max_steps=6", "trainer.val_check_interval=2",
+                   "ckpt_path=last"])
+    assert "noise calibration" not in caplog.text
+    assert list(OmegaConf.load(tmp_path / "a" / "adapter" / "config.yaml").noise.edges) == edges

@@ -102,7 +102,7 @@ def test_adaptive_knob_uses_the_mem_estimate(trained_mem, tmp_path):
 def test_mem_system_trains_only_the_estimator(make_cfg, tiny_bb):
     from lit_sr.config.build import build_generator
 
-    g = build_generator(make_cfg("noise=ldg", "lora.vae=null"), tiny_bb)
+    g = build_generator(make_cfg("noise=ldg", "noise.m_min=0.3", "noise.m_max=0.9", "lora.vae=null"), tiny_bb)
     system = MEMSystem(g, MetricEstimator(), optimizer=partial(torch.optim.AdamW, lr=1e-2))
     system.train()
     assert not system.generator.training
@@ -129,7 +129,7 @@ def test_train_py_experiment_mem_end_to_end(make_cfg, tmp_path):
     from lit_sr.config.build import build_generator
     from lit_sr.model.export import export_adapter
 
-    cfg = make_cfg("noise=ldg", "lora.vae=null")
+    cfg = make_cfg("noise=ldg", "noise.m_min=0.3", "noise.m_max=0.9", "lora.vae=null")
     export = export_adapter(build_generator(cfg), tmp_path / "adapter", OmegaConf.to_container(cfg, resolve=True))
     run_dir = tmp_path / "mem_run"
     train.run(["experiment=mem", f"mem.generator_export={export}", f"run_dir={run_dir}", "trainer.max_steps=2",

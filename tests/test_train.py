@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["trainer.enable_progress_bar=false", "data.epoch_size=8", "data.batch_size=2", "val.metrics=[psnr]",
@@ -34,14 +35,21 @@ def test_short_run_writes_checkpoint_adapter_samples_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_cpu_ddp_trains_and_saves_one_checkpoint(tmp_path):
-    _train(tmp_path, "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.devices=2",
-           "trainer.strategy=ddp", "export.enabled=false")
+    """Also LDG's data-derived groups under DDP: calibration values and group counts gathered over ranks."""
+    proc = _train(tmp_path, "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.devices=2",
+                  "trainer.strategy=ddp", "noise=ldg", "noise.grouping=quantile", "data.epoch_size=12")
+    assert "noise calibration over 12 training samples" in proc.stderr  # both ranks' six
+    assert "sync_dist" not in proc.stderr
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts
     assert len([c for c in ckpts if c != "last.ckpt"]) == 1  # one best checkpoint, written by rank 0 only
     with open(tmp_path / "csv" / "metrics.csv") as f:
-        steps = {row["step"] for row in csv.DictReader(f) if row.get("train/loss")}
-    assert len(steps) == 3
+        rows = list(csv.DictReader(f))
+    assert len({row["step"] for row in rows if row.get("train/loss")}) == 3
+    shares = [[float(r[f"noise/group_t{t}"]) for t in (250, 500, 750)] for r in rows if r.get("noise/group_t250")]
+    assert shares and all(abs(sum(s) - 1) < 1e-6 for s in shares)
+    edges = yaml.safe_load((tmp_path / "adapter" / "config.yaml").read_text())["noise"]["edges"]
+    assert len(edges) == 2 and edges == sorted(edges)
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "niqe": "NIQE", "musiq": "MUSIQ",
           "maniqa": "MANIQA", "clipiqa": "CLIPIQA"}
@@ -21,6 +21,7 @@ class Table:
     display: dict[str, str]  # name → "PSNR↑"
     rows: list[tuple[list[str], dict[str, float]]]
     unavailable: dict[str, str]  # name → reason
+    notes: list[str] = field(default_factory=list)  # lines printed under the table (e.g. the knob's trends)
 
     def note(self) -> str | None:
         """One line naming every metric left out, with its reason."""
@@ -42,6 +43,8 @@ class Table:
         note = self.note()
         if note:
             lines += ["", note]
+        if self.notes:
+            lines += ["", *self.notes]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:

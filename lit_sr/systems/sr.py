@@ -37,6 +37,7 @@ from lit_sr.model.adapters import only_trainable, train_only
 from lit_sr.model.blend import blend
 from lit_sr.model.generator import OneStepSR
 from lit_sr.model.output import SROutput
+from lit_sr.systems.calibration import calibrate_noise
 from lit_sr.systems.distributed import gather_objects
 from lit_sr.systems.guard import FiniteGuard
 from lit_sr.systems.stages import Stage, StagePlan
@@ -106,6 +107,7 @@ class SRSystem(L.LightningModule):
         self.save_hyperparameters({"config": self.config})
         self._noise_gen: torch.Generator | None = None
         self._pending_rng: torch.Tensor | None = None  # restored from a checkpoint at train start
+        self._calibration: dict[str, Any] = {}  # noise settings derived from the training data
         self._bad_files: set[str] = set()  # unusable training files seen (reported once per epoch)
         self.guard = FiniteGuard(max_nonfinite_steps, lr)
         self._loss_finite = True  # over the batches accumulated since the last step
@@ -222,6 +224,16 @@ class SRSystem(L.LightningModule):
     def on_fit_start(self) -> None:
         # Per-rank generator: ranks draw different noise, runs with the same seed draw the same.
         self._noise_gen = torch.Generator(device=self.device).manual_seed(self.seed + 1_000_003 * self.global_rank)
+        if self.generator.noise.needs_calibration:  # not on resume: on_load_checkpoint restored the values
+            self._set_calibration(calibrate_noise(self))
+
+    def _set_calibration(self, values: dict[str, Any]) -> None:
+        """Settings derived from the training data: into the strategy, checkpoints and the exported config."""
+        self.generator.noise.apply_calibration(values)
+        self._calibration = dict(values)
+        for config in (self.config, self.hparams.get("config")):
+            if isinstance(config, dict) and isinstance(config.get("noise"), dict):
+                config["noise"].update(values)
 
     @property
     def noise_generator(self) -> torch.Generator:
@@ -317,6 +329,12 @@ class SRSystem(L.LightningModule):
             self._pending_rng = None
 
     def on_train_epoch_end(self) -> None:
+        counts: dict[str, int] = {}
+        for part in gather_objects(self.generator.noise.pop_training_counts(), self.trainer.world_size):
+            for name, c in part.items():
+                counts[name] = counts.get(name, 0) + c
+        for name, value in self.generator.noise.report_training_counts(counts).items():
+            self.log(f"noise/{name}", value, sync_dist=True)  # from rank-summed counts: equal on every rank
         bad = set().union(*gather_objects(sorted(self._bad_files), self.trainer.world_size))
         if bad and self.global_rank == 0:
             log.warning("epoch %d: %d distinct training images were unusable and skipped so far (each named above)",
@@ -360,7 +378,8 @@ class SRSystem(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
         checkpoint["lit_sr"] = {"noise_rng": self.noise_generator.get_state().cpu(), "version": 1,
                                 "stage": self.stage_index, "micro_batches": self._micro,
-                                "nonfinite_steps": self.guard.skipped, "unusable_files": sorted(self._bad_files)}
+                                "nonfinite_steps": self.guard.skipped, "unusable_files": sorted(self._bad_files),
+                                "noise_calibration": self._calibration}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = self._trainable_keys() - set(checkpoint["state_dict"])
@@ -373,6 +392,8 @@ class SRSystem(L.LightningModule):
         self._micro = int(state.get("micro_batches", 0))
         self.guard.skipped = int(state.get("nonfinite_steps", 0))
         self._bad_files = set(state.get("unusable_files", []))
+        if state.get("noise_calibration"):
+            self._set_calibration(state["noise_calibration"])
 
 
 def _lambda_factors(sched: torch.optim.lr_scheduler.LambdaLR) -> list[float]:

@@ -68,7 +68,13 @@ class NoiseStrategy(Checked, nn.Module, metaclass=abc.ABCMeta):
     * ``needs_hq_latent`` — the generator encodes the HQ target into ``ctx.z_hq`` in training;
     * ``hq_encoder`` — which VAE encoder gives that latent (``adapted`` or ``base``);
     * ``has_knob`` — whether :meth:`parse_knob` values change the output (curves need one);
-    * :meth:`requires` — combinations with the rest of the run that cannot work.
+    * :meth:`requires` — combinations with the rest of the run that cannot work;
+    * ``needs_calibration`` / :meth:`calibrate` / :meth:`apply_calibration` — settings derived from
+      the training data (LDG's ``m_min: auto``): the system runs one pass over training batches
+      before the first step, hands the per-sample :meth:`calibration_metric` values over, and
+      stores the result in checkpoints and exports;
+    * :meth:`pop_training_counts` / :meth:`report_training_counts` — per-epoch counts of what
+      training drew (LDG's groups), summed over ranks by the system and turned into logged values.
     """
 
     needs_hq_latent: ClassVar[bool] = False
@@ -127,6 +133,30 @@ class NoiseStrategy(Checked, nn.Module, metaclass=abc.ABCMeta):
     def knob_help(self) -> str:
         """One sentence on what the knob means and its valid range (model cards, ``--help``)."""
         return "no knob"
+
+    # ------------------------------------------------------------------ data-derived settings
+    @property
+    def needs_calibration(self) -> bool:
+        return False
+
+    def calibration_metric(self, z_lq: torch.Tensor, z_hq: torch.Tensor) -> torch.Tensor:
+        """(B,) per-sample values :meth:`calibrate` is computed from."""
+        raise NotImplementedError(f"{type(self).__name__} needs no calibration")
+
+    def calibrate(self, metrics: torch.Tensor) -> dict[str, Any]:
+        """Derive the settings from the training data's metric values; returns them (config keys → values)."""
+        raise NotImplementedError(f"{type(self).__name__} needs no calibration")
+
+    def apply_calibration(self, values: dict[str, Any]) -> None:
+        """Set what :meth:`calibrate` returned (a resumed run, a loaded export)."""
+
+    def pop_training_counts(self) -> dict[str, int]:
+        """Counts accumulated by training passes since the last call (then reset)."""
+        return {}
+
+    def report_training_counts(self, counts: dict[str, int]) -> dict[str, float]:
+        """Values to log for the (rank-summed) counts of one epoch; may warn."""
+        return {}
 
     @staticmethod
     def full_timesteps(value: int, ref: torch.Tensor) -> torch.Tensor:
