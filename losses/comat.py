@@ -1,13 +1,19 @@
 """CoMat positive-area loss on cross-attention (CODSR's TMG).
 
 For every noun of an image with a non-empty mask ``M`` and every CLIP token ``t`` of that noun
-in the image's prompt, with ``A_t`` the captured cross-attention probabilities of token ``t``
-(averaged over heads) at one layer and ``M`` resized to that layer's resolution:
+in the image's prompt, with ``A_{h,t}`` head ``h``'s cross-attention probabilities of token ``t``
+at one layer and ``M`` resized to that layer's resolution, as CoMat's reference computes it:
 
-    token loss = mean over entity tokens of (1 − Σ_u A_t(u)·M(u) / Σ_u A_t(u))²
+    r_{h,t} = Σ_u A_{h,t}(u)·M(u) / Σ_u A_{h,t}(u)          (the share inside the mask, per head)
+    token loss = mean over nouns of mean over the noun's tokens of mean over heads of (1 − r_{h,t})²
 
-averaged over the captured layers. Attention entirely inside the mask costs 0, entirely outside
-costs 1 per token. An optional pixel term (``pixel_weight`` > 0) adds, per noun, the binary
+averaged over the captured layers: the ratio is taken per head, and each noun counts once however
+many tokens it has. Attention entirely inside the mask costs 0, entirely outside costs 1.
+
+``head_reduction: mean_attention`` averages the heads' attention before the ratio (a head attending
+weakly then counts less) and ``token_weighting: per_token`` averages over all entity tokens (a
+3-token noun weighs three times a 1-token one) — the variant this project first shipped, kept for
+comparison; the reference's choices are the defaults. An optional pixel term (``pixel_weight`` > 0) adds, per noun, the binary
 cross-entropy between the summed attention of its tokens and its mask.
 
 The loss reads ``prompt`` (through the conditioner, so it is the prompt the UNet saw), ``nouns``,
@@ -53,19 +59,41 @@ def token_indices(tokenizer, prompt: str, noun: str, max_length: int | None = No
     return list(dict.fromkeys(out))
 
 
-def positive_area_loss(probs: torch.Tensor, size: tuple[int, int], masks: torch.Tensor, b_idx: torch.Tensor,
-                       n_idx: torch.Tensor, t_idx: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
-    """CoMat token loss of one layer and the layer-resolution masks.
+HEAD_REDUCTIONS = ("ratio_per_head", "mean_attention")
+TOKEN_WEIGHTINGS = ("per_word", "per_token")
 
-    ``probs`` (B, h*w, L) head-averaged attention; ``masks`` (B, N, H, W); entity ``e`` is token
-    ``t_idx[e]`` of noun ``n_idx[e]`` in image ``b_idx[e]``. Returns (mean_e (1 − inside_e)², masks (B, N, h*w)).
+
+def positive_area_loss(heads: torch.Tensor, size: tuple[int, int], masks: torch.Tensor, b_idx: torch.Tensor,
+                       n_idx: torch.Tensor, t_idx: torch.Tensor, eps: float = 1e-8,
+                       head_reduction: str = "ratio_per_head") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-entity CoMat losses of one layer and the layer-resolution masks.
+
+    ``heads`` (B, H, h*w, L) per-head attention; ``masks`` (B, N, H, W); entity ``e`` is token
+    ``t_idx[e]`` of noun ``n_idx[e]`` in image ``b_idx[e]``. Returns ((E,) losses, masks (B, N, h*w)):
+    the mean over heads of (1 − r_h)² (``ratio_per_head``), or (1 − r)² of the head-averaged
+    attention (``mean_attention``).
     """
     h, w = size
     # Area resize, then any overlap counts: a small object must not vanish at coarse layers.
-    m = F.interpolate(masks.float(), size=(h, w), mode="area").flatten(2).gt(0).to(probs.dtype)
-    a = probs[b_idx, :, t_idx]  # (E, h*w)
-    inside = (a * m[b_idx, n_idx]).sum(-1) / (a.sum(-1) + eps)
-    return ((1 - inside) ** 2).mean(), m
+    m = F.interpolate(masks.float(), size=(h, w), mode="area").flatten(2).gt(0).to(heads.dtype)
+    mask = m[b_idx, n_idx]  # (E, h*w)
+    if head_reduction == "ratio_per_head":
+        a = heads[b_idx, :, :, t_idx]  # (E, H, h*w)
+        inside = (a * mask[:, None]).sum(-1) / (a.sum(-1) + eps)
+        return ((1 - inside) ** 2).mean(-1), m
+    a = heads.mean(dim=1)[b_idx, :, t_idx]  # (E, h*w)
+    inside = (a * mask).sum(-1) / (a.sum(-1) + eps)
+    return (1 - inside) ** 2, m
+
+
+def weighted_mean(losses: torch.Tensor, word: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Mean of per-entity ``losses``: over words (each word's tokens averaged first) or over tokens."""
+    if weighting == "per_token":
+        return losses.mean()
+    n = int(word.max()) + 1
+    sums = losses.new_zeros(n).index_add(0, word, losses)
+    counts = losses.new_zeros(n).index_add(0, word, torch.ones_like(losses))
+    return (sums / counts).mean()
 
 
 class CoMatLoss(LossTerm):
@@ -76,10 +104,16 @@ class CoMatLoss(LossTerm):
     """
 
     def __init__(self, weight: float = 1.0, pixel_weight: float = 0.0, layers: list[str] | None = None,
-                 downsample: list[int] | None = None, eps: float = 1e-8) -> None:
+                 downsample: list[int] | None = None, eps: float = 1e-8, head_reduction: str = "ratio_per_head",
+                 token_weighting: str = "per_word") -> None:
         super().__init__(weight)
         if pixel_weight < 0:
             raise ValueError(f"pixel_weight must be >= 0, got {pixel_weight}")
+        if head_reduction not in HEAD_REDUCTIONS:
+            raise ValueError(f"head_reduction must be one of {', '.join(HEAD_REDUCTIONS)}, got {head_reduction!r}")
+        if token_weighting not in TOKEN_WEIGHTINGS:
+            raise ValueError(f"token_weighting must be one of {', '.join(TOKEN_WEIGHTINGS)}, got {token_weighting!r}")
+        self.head_reduction, self.token_weighting = head_reduction, token_weighting
         self.pixel_weight = float(pixel_weight)
         self.layers = list(layers) if layers else None
         self.downsample = list(downsample) if downsample else None
@@ -166,19 +200,23 @@ class CoMatLoss(LossTerm):
         prompts = self._prompts(batch, masks.shape[0])
         entities = self.entity_tokens(prompts, batch["nouns"], valid)
         layers = list(record.layers.values())
-        anchor = sum(l.probs.sum() for l in layers) * 0.0  # keeps the graph when no noun is usable
+        anchor = sum(l.heads.sum() for l in layers) * 0.0  # keeps the graph when no noun is usable
         if not entities:
             self.last = {"token": anchor.detach(), "pixel": anchor.detach(), "entities": 0}
             return anchor
-        device = layers[0].probs.device
+        device = layers[0].heads.device
         b_idx = torch.tensor([e[0] for e in entities], device=device)
         n_idx = torch.tensor([e[1] for e in entities], device=device)
         t_idx = torch.tensor([e[2] for e in entities], device=device)
+        words = {(e[0], e[1]): None for e in entities}  # (image, noun slot) → word index, in order
+        word_of = {key: i for i, key in enumerate(words)}
+        word = torch.tensor([word_of[(e[0], e[1])] for e in entities], device=device)
         masks = masks.to(device)
         token_losses, pixel_losses = [], []
         for layer in layers:
-            loss, m = positive_area_loss(layer.probs, layer.size, masks, b_idx, n_idx, t_idx, self.eps)
-            token_losses.append(loss)
+            per_entity, m = positive_area_loss(layer.heads, layer.size, masks, b_idx, n_idx, t_idx, self.eps,
+                                               self.head_reduction)
+            token_losses.append(weighted_mean(per_entity, word, self.token_weighting))
             if self.pixel_weight > 0:
                 pixel_losses.append(self._pixel_loss(layer.probs, m, entities))
         token = torch.stack(token_losses).mean()

@@ -43,12 +43,37 @@ def test_attention_inside_mask_costs_zero_outside_one():
     probs[0, left, 1] = 1.0 / left.sum()  # token 1: everything inside the mask
     probs[0, ~left, 2] = 1.0 / (~left).sum()  # token 2: everything outside
     probs[0, :, 3] = 1.0 / (h * w)  # token 3: uniform, half inside
+    probs = probs[:, None]  # one head
     one = lambda t: positive_area_loss(probs, (h, w), masks, torch.tensor([0]), torch.tensor([0]), torch.tensor([t]))[0]
     assert float(one(1)) == pytest.approx(0.0, abs=1e-6)
     assert float(one(2)) == pytest.approx(1.0, abs=1e-6)
     assert float(one(3)) == pytest.approx(0.25, abs=1e-6)
     both = positive_area_loss(probs, (h, w), masks, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([1, 2]))[0]
-    assert float(both) == pytest.approx(0.5, abs=1e-6)  # mean over entity tokens
+    assert both.tolist() == pytest.approx([0.0, 1.0], abs=1e-6)  # one loss per entity token
+
+
+def test_ratio_per_head_and_per_word_weighting_follow_the_reference():
+    """Head 0 puts 0.9 of token 0's mass inside the mask, head 1 only 0.1 outside: per head the ratios are
+    1 and 0 (loss (0 + 1)/2 = 0.5); averaging the heads' attention first gives 0.9 (loss 0.01)."""
+    from losses.comat import weighted_mean
+
+    h = w = 2
+    masks = torch.zeros(1, 1, 2, 2, dtype=torch.bool)
+    masks[0, 0, :, 0] = True  # left column: positions 0 and 2
+    heads = torch.zeros(1, 2, 4, 3)
+    heads[0, 0, [0, 2], 0] = 0.45
+    heads[0, 1, [1, 3], 0] = 0.05
+    idx = (torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
+    per_head = positive_area_loss(heads, (h, w), masks, *idx)[0]
+    mean_attn = positive_area_loss(heads, (h, w), masks, *idx, head_reduction="mean_attention")[0]
+    assert per_head.tolist() == pytest.approx([0.5], abs=1e-6)
+    assert mean_attn.tolist() == pytest.approx([0.01], abs=1e-6)
+    # A 1-token noun with loss 1 and a 3-token noun with losses 0: words count equally (0.5), tokens do not (0.25).
+    losses, word = torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0, 1, 1, 1])
+    assert float(weighted_mean(losses, word, "per_word")) == pytest.approx(0.5)
+    assert float(weighted_mean(losses, word, "per_token")) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="head_reduction"):
+        CoMatLoss(head_reduction="max")
 
 
 def _batch(b: int = 2, crop: int = 32) -> dict:
@@ -95,8 +120,9 @@ def test_capture_keeps_outputs_and_records_only_with_gradients(make_cfg, tiny_bb
     rec = store.take(out.z_in)
     assert list(rec.layers) == ["mid_block.attentions.0.transformer_blocks.0.attn2"]
     layer = rec.layers["mid_block.attentions.0.transformer_blocks.0.attn2"]
-    assert layer.size == (4, 4) and layer.probs.shape == (2, 16, 77)  # 32 px → 8² latent → 4² mid block
-    torch.testing.assert_close(layer.probs.sum(-1), torch.ones(2, 16))
+    assert layer.size == (4, 4) and layer.heads.shape[::2] == (2, 16) and layer.heads.shape[-1] == 77
+    torch.testing.assert_close(layer.heads.sum(-1), torch.ones(layer.heads.shape[:3]))  # 32 px → 8² latent → 4² mid
+    torch.testing.assert_close(layer.probs, layer.heads.mean(1))
     capture.remove(g.unet)
     with pytest.raises(ValueError, match="no cross-attention"):
         capture.install(g.unet, layers=["no_such_block"])

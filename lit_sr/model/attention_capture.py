@@ -6,7 +6,7 @@ original processor objects back. Nothing is installed unless a loss asks for it,
 without TMG keeps diffusers' SDPA processors untouched.
 
 While capturing, a processor computes the attention explicitly (``softmax(QKᵀ·scale)``, which
-SDPA does not expose), records it averaged over heads as ``(B, HW, L)`` together with the layer's
+SDPA does not expose), records it per head as ``(B, heads, HW, L)`` together with the layer's
 spatial size, and returns the same output as the original processor. A call is captured when the
 store is enabled and gradients are on (the training pass of the generator); otherwise the
 original processor runs, so validation and frozen score-network passes cost nothing extra.
@@ -29,10 +29,15 @@ STORE_ATTR = "_lit_sr_attention_store"
 
 @dataclass
 class LayerAttention:
-    """Head-averaged cross-attention of one layer in one UNet call."""
+    """Cross-attention probabilities of one layer in one UNet call."""
 
-    probs: torch.Tensor  # (B, h*w, L)
+    heads: torch.Tensor  # (B, heads, h*w, L): each head's softmax over the L text tokens
     size: tuple[int, int]  # (h, w) of the layer's feature map
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(B, h*w, L) averaged over heads."""
+        return self.heads.mean(dim=1)
 
 
 @dataclass
@@ -147,7 +152,7 @@ class CaptureProcessor:
         if attention_mask is not None:
             scores = scores + attention_mask.float()
         probs = scores.softmax(dim=-1)  # (B, heads, HW, L)
-        self.store.record(self.name, probs.mean(dim=1), size)
+        self.store.record(self.name, probs, size)
         hidden_states = torch.matmul(probs.to(value.dtype), value)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[0](hidden_states)
