@@ -251,6 +251,35 @@ def test_jpeg_quality_controls_error() -> None:
     assert torch.equal(jpeg_roundtrip(img, 40), jpeg_roundtrip(img, 40))
 
 
+def test_tensor_jpeg_codec_matches_libjpeg_in_distortion(photos: torch.Tensor) -> None:
+    """The device-side codec (degrade_on=device) against libjpeg on real photo crops: decoded images a
+    couple of levels apart, and the same distortion (PSNR against the input) at every quality."""
+    from datamodules.degradation.jpeg import jpeg_tensor, quant_table
+
+    assert quant_table([16] * 64, 50)[0, 0] == 16 and quant_table([16] * 64, 75)[0, 0] == 8  # libjpeg scaling
+    assert quant_table([99] * 64, 10)[0, 0] == 255  # baseline: clamped to 8 bits
+
+    def psnr(a, b):
+        return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+    crops = [photos[i, :, :101, :77] for i in range(6)]  # odd sizes: padding to whole MCUs
+    for q in (10, 30, 50, 75, 95):
+        ref = [jpeg_roundtrip(c, q) for c in crops]
+        ours = [jpeg_tensor(c, q) for c in crops]
+        rms = max(float(((a - b) ** 2).mean().sqrt()) * 255 for a, b in zip(ref, ours))
+        gap = abs(np.mean([psnr(a, c) for a, c in zip(ref, crops)]) - np.mean([psnr(b, c) for b, c in zip(ours, crops)]))
+        assert rms < 3.0 and gap < 0.35, (q, rms, gap)
+        assert all(torch.equal(b * 255, (b * 255).round()) for b in ours)  # decoded to 8-bit levels
+    ragged = Ragged(torch.stack([photos[0], photos[1]]), [(128, 128), (96, 80)])
+    out = jpeg_ragged(ragged, [40, 80], backend="tensor")
+    assert torch.equal(out.crop(1), jpeg_tensor(photos[1, :, :96, :80], 80))
+    lq_t, _, _ = load_preset("osediff", jpeg_backend="tensor")(photos[:8], torch.Generator().manual_seed(3))
+    lq_p, _, _ = load_preset("osediff")(photos[:8], torch.Generator().manual_seed(3))
+    assert psnr(lq_t, lq_p) > 30  # same draws, nearly the same LQ: the codec is the only difference
+    with pytest.raises(Exception, match="jpeg_backend must be one of auto, pil, tensor"):
+        load_preset("osediff", jpeg_backend="gpu")
+
+
 # ------------------------------------------------------------------------------------------------
 # The pipeline
 # ------------------------------------------------------------------------------------------------

@@ -16,11 +16,17 @@ from datamodules.degradation.ragged import Ragged, map_samples
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
-def gaussian_noise(shape: Sequence[int], sigma: float, gray: bool, seed: int) -> torch.Tensor:
-    """N(0, (σ/255)²) noise of ``shape`` (C, h, w) on CPU; ``gray`` shares one field across channels."""
+def _generator(device: torch.device | str, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def gaussian_noise(shape: Sequence[int], sigma: float, gray: bool, seed: int,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """N(0, (σ/255)²) noise of ``shape`` (C, h, w) drawn on ``device``; ``gray`` shares one field across
+    channels. A seed gives the same field on every CPU; a GPU draws its own (same distribution)."""
     c, h, w = (int(s) for s in shape)
-    gen = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((1 if gray else c, h, w), generator=gen)
+    gen = _generator(device, seed)
+    noise = torch.randn((1 if gray else c, h, w), generator=gen, device=device)
     return (noise * (float(sigma) / 255.0)).expand(c, h, w)
 
 
@@ -29,9 +35,10 @@ def poisson_noise(img: torch.Tensor, scale: float, gray: bool, seed: int) -> tor
 
     As BasicSR: the image (or its luma, for gray noise) is rounded to 8 bits, its number of
     distinct levels n gives ``vals = 2^ceil(log2 n)``, and the noise is
-    ``Poisson(img·vals)/vals - img``. Drawn on CPU from the sample's own generator.
+    ``Poisson(img·vals)/vals - img``. Drawn on the image's device from the sample's own generator
+    (a GPU batch stays on the GPU).
     """
-    img = img.detach().to("cpu", torch.float32)
+    img = img.detach().float()
     if gray:
         wr, wg, wb = GRAY_WEIGHTS
         base = (wr * img[0] + wg * img[1] + wb * img[2])[None]
@@ -41,8 +48,7 @@ def poisson_noise(img: torch.Tensor, scale: float, gray: bool, seed: int) -> tor
     distinct = int(torch.bincount(levels.to(torch.int64).flatten(), minlength=256).count_nonzero())
     vals = float(1 << max(distinct - 1, 0).bit_length())  # 2^ceil(log2(distinct))
     quantised = levels / 255.0
-    gen = torch.Generator().manual_seed(int(seed))
-    out = torch.poisson(quantised * vals, generator=gen) / vals
+    out = torch.poisson(quantised * vals, generator=_generator(img.device, seed)) / vals
     return ((out - quantised) * float(scale)).expand(img.shape)
 
 
@@ -63,7 +69,7 @@ def add_noise(
     def noisy(i: int) -> None:  # writes sample i's own region only, so samples can run in parallel
         crop = x.crop(i)
         if kinds[i] == "gaussian":
-            field = gaussian_noise(crop.shape, levels[i], gray[i], seeds[i])
+            field = gaussian_noise(crop.shape, levels[i], gray[i], seeds[i], crop.device)
         else:
             field = poisson_noise(crop, levels[i], gray[i], seeds[i])
         h, w = x.sizes[i]

@@ -49,6 +49,7 @@ from datamodules.degradation.filters import (
     sinc_kernels,
     usm_sharpen,
 )
+from datamodules.degradation.jpeg import BACKENDS as JPEG_BACKENDS
 from datamodules.degradation.jpeg import jpeg_ragged
 from datamodules.degradation.noise import add_noise
 from datamodules.degradation.ragged import Ragged, interpolate_output_size, resize_ragged
@@ -398,6 +399,8 @@ class RealESRGANDegradation(Degradation):
         clean_prob: probability that a sample skips all stages and its LQ is a plain
             antialiased bicubic downscale of the target (S3Diff's ``no_degradation_prob``).
         round_output: quantise the LQ to 8-bit levels as Real-ESRGAN does (else only clip).
+        jpeg_backend: ``auto`` (libjpeg on CPU, the tensor codec on a GPU: ``degrade_on=device``),
+            ``pil`` or ``tensor`` (:mod:`datamodules.degradation.jpeg`).
     """
 
     def __init__(
@@ -410,8 +413,12 @@ class RealESRGANDegradation(Degradation):
         usm_threshold: float = 10.0,
         clean_prob: float = 0.0,
         round_output: bool = True,
+        jpeg_backend: str = "auto",
     ) -> None:
         super().__init__(scale)
+        if jpeg_backend not in JPEG_BACKENDS:
+            raise ValueError(f"jpeg_backend must be one of {', '.join(JPEG_BACKENDS)}, got {jpeg_backend!r}")
+        self.jpeg_backend = jpeg_backend
         self.stages = parse_stages(stages)
         self.usm_target = bool(usm_target)
         if int(usm_radius) < 1:
@@ -540,4 +547,4 @@ class RealESRGANDegradation(Degradation):
 
     def _jpeg(self, stage: StageSpec, x: Ragged, p: dict[str, list[Any]], sizes: _Sizes) -> Ragged:
         # JPEG sees clipped values, as DiffJPEG's callers clamp before compressing.
-        return jpeg_ragged(x, _column(p, f"{stage.name}.jpeg.quality"))
+        return jpeg_ragged(x, _column(p, f"{stage.name}.jpeg.quality"), self.jpeg_backend)
