@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter-weights", nargs="+", default=None, metavar="NAME=WEIGHT",
                    help="scale UNet adapters (diffusers set_adapters style), e.g. alignment=0.5")
     p.add_argument("--fuse", action="store_true", help="merge the LoRA into the base weights (not for endpoint models)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC activations for the UNet and VAE convolutions")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the UNet and VAE decoder (default backend inductor; the first image compiles)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise some strategies draw (per image or batch)")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images of equal size run together, up to this many (a folder of equal-size images)")
@@ -130,7 +133,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.tile_overlap is not None:
         overrides.append(f"model.tile_overlap={args.tile_overlap}")
     pipe = LitSRPipeline.from_pretrained(args.model, device=args.device, precision=args.precision, overrides=overrides,
-                                         tile=args.tile, vae_tile=args.vae_tile, fuse=args.fuse)
+                                         tile=args.tile, vae_tile=args.vae_tile, fuse=args.fuse,
+                                         channels_last=args.channels_last, compile=args.compile)
     if args.adapter_weights:
         names, weights = zip(*(_name_weight(item) for item in args.adapter_weights))
         pipe.set_adapters(names, weights)

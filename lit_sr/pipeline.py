@@ -47,8 +47,14 @@ class LitSRPipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path, base: str | None = None, device: str | None = None,
                         precision: str = "fp32", overrides: Sequence[str] = (), tile: int | None = None,
-                        vae_tile: int | None = None, fuse: bool = False) -> LitSRPipeline:
-        """Load an export folder (or a checkpoint); ``base`` is the local SD directory it was trained on."""
+                        vae_tile: int | None = None, fuse: bool = False, channels_last: bool = False,
+                        compile: str | None = None) -> LitSRPipeline:
+        """Load an export folder (or a checkpoint); ``base`` is the local SD directory it was trained on.
+
+        Speed options: ``fuse`` merges the LoRA into the base weights; ``channels_last`` stores the
+        UNet and VAE convolutions' activations NHWC; ``compile`` runs the UNet and the VAE decoder
+        through ``torch.compile`` with that backend (``inductor``; the first image pays the compile).
+        """
         sets = [*(f"backbone.path={base}" for _ in [base] if base), *overrides]
         generator, cfg = load_generator(path, sets)
         if tile is not None:
@@ -58,7 +64,17 @@ class LitSRPipeline:
         pipe = cls(generator, cfg, device or ("cuda" if torch.cuda.is_available() else "cpu"), precision)
         if fuse:
             pipe.fuse()
+        if channels_last:
+            for module in (generator.unet, generator.vae):
+                module.to(memory_format=torch.channels_last)
+        if compile:
+            pipe.compile(compile)
         return pipe
+
+    def compile(self, backend: str = "inductor") -> None:
+        """``torch.compile`` the UNet's and the VAE decoder's forward (adapter switches recompile once each)."""
+        for module in (self.generator.unet, self.generator.vae.decoder):
+            module.forward = torch.compile(module.forward, backend=backend, dynamic=False)
 
     # ------------------------------------------------------------------ settings
     def set_adapters(self, names: Sequence[str], weights: Sequence[float] | None = None, part: str = "unet") -> None:

@@ -87,3 +87,18 @@ def test_fused_adapters_give_the_unfused_output(make_cfg, tiny_bb, tmp_path):
     endpoint, _ = _trained_export(make_cfg, tiny_bb, tmp_path / "e", PRESETS["ifcsr"])
     with pytest.raises(Exception, match="endpoint"):
         LitSRPipeline.from_pretrained(endpoint, device="cpu", fuse=True)
+
+
+@pytest.mark.parametrize("options", [{"channels_last": True}, {"compile": "eager"}, {"fuse": True, "channels_last": True}])
+def test_speed_options_keep_the_output(make_cfg, tiny_bb, tmp_path, options):
+    """channels-last memory, torch.compile (the plumbing, with the eager backend; inductor is what the
+    benchmark times) and fusing change how the output is computed, not what it is."""
+    model, _ = _trained_export(make_cfg, tiny_bb, tmp_path / "m", [])
+    lq = torch.from_numpy((np.random.default_rng(5).random((3, 12, 16))).astype(np.float32))[None]
+    a = LitSRPipeline.from_pretrained(model, device="cpu").images(lq, seed=0)[0][""]
+    fast = LitSRPipeline.from_pretrained(model, device="cpu", **options)
+    b = fast.images(lq, seed=0)[0][""]
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    if "compile" in options:
+        assert hasattr(fast.generator.unet.forward, "_torchdynamo_orig_callable") or "compile" in repr(
+            fast.generator.unet.forward)
