@@ -15,8 +15,8 @@ from lit_sr.errors import ConfigError, WeightsError
 ROOT = Path(__file__).resolve().parent.parent
 # Choices that only make sense together with another setting (checked by their own tests).
 NEEDS = {("conditioning", "vpim"): ["backbone.vision_encoder=true"],
-         ("callbacks", "fr_curve"): ["noise=rgpa"],
-         ("checkpoint", "hypervolume"): ["callbacks=fr_curve", "noise=rgpa"],
+         ("callbacks", "fr_curve"): ["noise=rgpa", "data.val_crop=192"],
+         ("checkpoint", "hypervolume"): ["callbacks=fr_curve", "noise=rgpa", "data.val_crop=192"],
          ("checkpoint", "last"): ["val=null"]}
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 

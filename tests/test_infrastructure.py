@@ -127,7 +127,7 @@ def test_ema_averages_only_the_trained_weights_and_exports_the_average(make_cfg,
 
 
 def test_checkpoint_presets_and_monitor_checks(make_cfg):
-    hv = make_cfg("checkpoint=hypervolume", "callbacks=fr_curve", "noise=rgpa")
+    hv = make_cfg("checkpoint=hypervolume", "callbacks=fr_curve", "noise=rgpa", "data.val_crop=192")
     ckpt = next(c for c in build_callbacks(hv) if isinstance(c, L.pytorch.callbacks.ModelCheckpoint))
     assert ckpt.monitor == "curve/hypervolume" and ckpt.mode == "max"
     assert make_cfg("checkpoint.last.every_n_train_steps=50").checkpoint.last.every_n_train_steps == 50

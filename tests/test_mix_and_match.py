@@ -26,6 +26,8 @@ def test_combination_trains_two_steps(make_cfg, tiny_bb, noise, cond, mod):
     if mod is not None:
         overrides.append(f"modulation={mod}")
     g = build_generator(make_cfg(*overrides), tiny_bb).train()
+    if g.noise.needs_calibration:  # the training system calibrates on the data before step 1 (tests/test_ldg.py)
+        g.noise.calibrate(torch.linspace(0.9, 1.0, 8))
     params = [p for p in g.parameters() if p.requires_grad]
     before = {n: p.detach().clone() for n, p in g.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW(params, lr=1e-3)
