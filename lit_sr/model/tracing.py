@@ -1,0 +1,157 @@
+"""Peak memory of real-size models without the memory: PyTorch fake tensors and a live-bytes tracker.
+
+Under :func:`fake_mode` every tensor is a ``FakeTensor`` (shape, dtype and device, no data), so
+an SD-2.1-size training step "runs" in seconds on a laptop-sized machine. :class:`PeakTracker`
+sees every operator's outputs, counts the bytes of each storage while it is alive (weak
+references tell it when a storage is freed) and keeps the peak — the quantity
+``torch.cuda.max_memory_allocated`` reports on a GPU (live tensors; the caching allocator's
+fragmentation and the CUDA context come on top, typically a few hundred MB to ~10 %).
+
+The tensors are fake *CPU* tensors: this torch build has no CUDA, and fake CUDA tensors fail
+at the first random-number or device-guard call. Two places where a GPU run allocates
+differently are modelled:
+
+* attention: on a GPU, ``scaled_dot_product_attention`` runs a fused (flash / memory-efficient)
+  kernel that never materialises the (N × N) attention matrix; it saves q, k, v, the output and
+  a float32 log-sum-exp per query for backward. :class:`FusedAttention` allocates exactly that
+  (the CPU math path would store the N² matrix instead). Explicit-softmax attention (TMG's
+  capture processors) is traced as it is and costs its N×L probabilities, as on a GPU;
+* autocast: CPU autocast (bfloat16) casts the same op families as CUDA autocast does for the
+  operations these models use (convolutions, linear layers and matmuls to bf16; normalisation
+  and softmax kept float32).
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class PeakTracker(TorchDispatchMode):
+    """Live bytes of the storages created inside the block (``current``) and their maximum (``peak``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, weakref.ref] = {}
+        self.current = 0
+        self.peak = 0
+
+    def add(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self.live:  # a view of a storage already counted
+            return
+        size = storage.nbytes()
+
+        def freed(_ref, key=key, size=size) -> None:
+            if self.live.pop(key, None) is not None:
+                self.current -= size
+
+        self.live[key] = weakref.ref(storage, freed)
+        self.current += size
+        self.peak = max(self.peak, self.current)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.add(t)
+        return out
+
+
+class FusedAttention(torch.autograd.Function):
+    """The memory of a fused SDPA kernel: output plus saved q, k, v, output and float32 log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = q.new_empty(q.shape[:-1] + (v.shape[-1],))
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _out, _lse = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+_REAL_SDPA = F.scaled_dot_product_attention
+
+
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    if attn_mask is not None or is_causal:  # CLIP's causal 77-token attention: small, traced as it is
+        return _REAL_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
+    return FusedAttention.apply(query, key, value)
+
+
+@contextmanager
+def fake_mode() -> Iterator[None]:
+    """Fake tensors, fused-attention memory, and module dtype casts that work on fake parameters."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real_swap = torch.utils.swap_tensors
+
+    def swap(a, b):  # Module.to() swaps parameters; a fake parameter carries a weakref that forbids it
+        try:
+            real_swap(a, b)
+        except RuntimeError as exc:
+            if "weakref" not in str(exc):
+                raise
+            with torch.no_grad():
+                a.data = b.data
+
+    torch.utils.swap_tensors, F.scaled_dot_product_attention = swap, _fused_sdpa
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            yield
+    finally:
+        torch.utils.swap_tensors, F.scaled_dot_product_attention = real_swap, _REAL_SDPA
+
+
+def state_bytes(*objects) -> int:
+    """Bytes of the unique storages of modules' parameters and buffers and optimizers' state."""
+    seen: set[int] = set()
+    total = 0
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            tensors = [*obj.parameters(), *obj.buffers()]
+        elif isinstance(obj, torch.optim.Optimizer):
+            tensors = [v for s in obj.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+        else:
+            tensors = [t for t in obj if isinstance(t, torch.Tensor)]
+        for t in tensors:
+            st = t.untyped_storage()
+            if id(st) not in seen:
+                seen.add(id(st))
+                total += st.nbytes()
+    return total
+
+
+def sd21_backbone(dtype: torch.dtype = torch.float32, vision: bool = False, text_layers: int | None = None):
+    """SD-2.1-base (UNet, VAE, OpenCLIP-H text tower; ViT-H vision tower for VPIM) with the published
+    configurations, built from their configs (random or fake weights, nothing is read from disk)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+
+    from lit_sr.model.backbone import Backbone, byte_level_clip_tokenizer, schedule_alphas_cumprod
+    from lit_sr.model.random_backbone import OPENCLIP_H_TEXT, OPENCLIP_H_VISION, SD21_UNET, SD21_VAE
+
+    text_cfg = dict(OPENCLIP_H_TEXT, **({"num_hidden_layers": text_layers} if text_layers else {}))
+    text_cfg.pop("architectures", None)
+    vision_cfg = {k: v for k, v in OPENCLIP_H_VISION.items() if k != "architectures"}
+    parts = {
+        "unet": UNet2DConditionModel(**SD21_UNET),
+        "vae": AutoencoderKL(**SD21_VAE),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**text_cfg)),
+        "vision_encoder": CLIPVisionModel(CLIPVisionConfig(**vision_cfg)) if vision else None,
+    }
+    for module in parts.values():
+        if module is not None:
+            module.to(dtype).requires_grad_(False).eval()
+    return Backbone(alphas_cumprod=schedule_alphas_cumprod(), tokenizer=byte_level_clip_tokenizer(), name="sd21-arch",
+                    **parts)
