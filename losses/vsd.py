@@ -40,6 +40,27 @@ def default_fake_lora() -> dict:
     return {"rank": 4, "target_modules": list(OSEDIFF_UNET_TARGETS)}
 
 
+def _adapters_in_backward(adapters, unet: list[str]):
+    """Gradient hook for the output of a UNet pass run with the ``unet`` adapters: the backward pass
+    that reaches it runs with those adapters active, and the adapters it found are restored when
+    that backward ends.
+
+    With ``model.gradient_checkpointing`` the UNet blocks are recomputed in backward, which runs
+    after :meth:`AdapterSet.using` has switched back to the generator's adapters: the recomputation
+    would run the generator's LoRA instead of the fake one (wrong gradients for the fake score, or
+    torch.utils.checkpoint's "different number of tensors" error when the two adapter sets differ in
+    size, as in CODSR's alignment stage). The hook runs before any node of the pass (they all lie
+    behind its output); without checkpointing nothing in backward reads the adapters, so the
+    gradients are unchanged."""
+
+    def hook(grad: torch.Tensor) -> None:
+        found = {part: list(names) for part, names in adapters.active.items()}
+        adapters.activate(unet=unet)
+        torch.autograd.Variable._execution_engine.queue_callback(lambda: adapters.activate(found["unet"], found["vae"]))
+
+    return hook
+
+
 class VSDLoss(LossTerm):
     """OSEDiff's VSD regulariser on ẑ; owns the fake score LoRA (``own_parameters``/``aux_loss``).
 
@@ -176,9 +197,13 @@ class VSDLoss(LossTerm):
         return eps_u + self.cfg_scale * (eps_c - eps_u)
 
     def fake_eps(self, z_t: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
-        """ε of the fake score network (only the fake adapter active)."""
-        with self.generator.adapters.using(unet=[self.adapter_name]):
-            return self._unet(z_t, t, ehs)
+        """ε of the fake score network (only the fake adapter active, in backward too)."""
+        adapters = self.generator.adapters
+        with adapters.using(unet=[self.adapter_name]):
+            eps = self._unet(z_t, t, ehs)
+        if eps.requires_grad:  # aux_loss: its backward must see the fake adapter as the forward did
+            eps.register_hook(_adapters_in_backward(adapters, [self.adapter_name]))
+        return eps
 
     @torch.no_grad()
     def score_targets(self, z: torch.Tensor, ehs: torch.Tensor, t: torch.Tensor,
