@@ -5,9 +5,29 @@ SD-2.1-base-sized backbone: 865 M-parameter UNet, 8× VAE, the 23-layer OpenCLIP
 for ``rcod`` the ViT-H vision tower) traced with fake tensors (:mod:`lit_sr.model.tracing`): two
 optimizer steps of the same calls ``SRSystem.training_step`` makes (generator pass, every active
 loss term, backward, clip, AdamW step; then each term with its own network — VSD's fake score,
-the GAN discriminator — on the detached outputs). The peak counts what is resident (frozen and
-trained weights, buffers) plus everything allocated during the two steps (activations, gradients,
-optimizer state). Every stage of a preset is measured and the largest is reported.
+the GAN discriminator — on the detached outputs, backward inside ``only_trainable`` and each
+network's gradient clip, as ``training_step`` does). The peak counts what is resident (frozen
+and trained weights, buffers, and the frozen encoders a conditioner holds outside the module
+tree: the CLIP text tower, VPIM's vision tower) plus every storage allocated during the two steps
+(activations, gradients, optimizer state); a view or an in-place update of a storage that
+existed before (a weight's ``.t()`` in ``F.linear``, AdamW's update of a parameter) is not counted
+again. Every stage of a preset is measured and the largest is reported.
+
+What the trace leaves out or stubs (fake tensors have no values, so an operation whose output
+shape or Python result depends on values cannot run; :func:`_trace_stubs` answers these two at
+their call sites only, any other one fails the trace):
+
+* ``torch.bincount`` in ``LDGNoise.timesteps`` (rcod): the per-group sample counts logged each
+  epoch, n int64. Replaced by a scatter-add of the same size (the groups are clamped to
+  [0, n−1], so the real result has exactly ``minlength`` entries);
+* the γ range check in ``blend`` (ifcsr's blend stage): γ is ``torch.rand``, in [0, 1) by
+  construction; the check's (B,) temporaries are allocated and counted, only ``bool()`` of the
+  answer is stubbed ("in range");
+* ``training_step``'s logging and non-finite guards (``.detach()``, ``bool(isfinite(...))`` on
+  scalars) and Lightning itself are not called: scalars, nothing that changes the peak.
+
+LDG's M_min/M_max come from a data pass before step 1 in training; the trace sets the fixed
+values 0.3/0.9 (the group each sample lands in does not change what is allocated).
 
 ``precision``: ``fp32`` (everything float32) or ``bf16`` (frozen weights bfloat16, trained
 weights float32, bf16 autocast: ``backbone.dtype=bf16 trainer.precision=bf16-mixed``).
@@ -25,6 +45,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -64,6 +85,10 @@ def _step(system, opts: list, batch: dict, autocast) -> None:
 
     from lit_sr.model.adapters import only_trainable
 
+    def clip(opt, value) -> None:
+        if value:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], float(value))
+
     gen_opt, term_opts = opts[0], iter(opts[1:])
     term_opt = {n: next(term_opts) for n in system.losses if system._own[n]}
     with autocast():
@@ -71,15 +96,111 @@ def _step(system, opts: list, batch: dict, autocast) -> None:
         loss_batch = {**batch, "rng": system.noise_generator}
         total = sum(w * system.losses[n](out, loss_batch) for n, w in system._active_terms.items())
     total.backward()
-    torch.nn.utils.clip_grad_norm_([p for g in gen_opt.param_groups for p in g["params"]], 1.0)
+    clip(gen_opt, system.grad_clip)
     gen_opt.step()
     gen_opt.zero_grad(set_to_none=True)
     for name in [n for n in system._active_terms if system._own[n]]:
-        with only_trainable(system, system._own[name]), autocast():
-            aux = system.losses[name].aux_loss(out, loss_batch)
-        aux.backward()
+        # backward inside only_trainable, as training_step does: a checkpointed block recomputed in
+        # backward must see the same requires_grad flags as in its forward
+        with only_trainable(system, system._own[name]):
+            with autocast():
+                aux = system.losses[name].aux_loss(out, loss_batch)
+            aux.backward()
+        own_clip = system.losses[name].grad_clip
+        clip(term_opt[name], system.grad_clip if own_clip is None else own_clip)
         term_opt[name].step()
         term_opt[name].zero_grad(set_to_none=True)
+
+
+def _trace_stubs():
+    """A dispatch mode answering the two data-dependent reads of the traced step, each only at its own
+    call site (found by the code object on the Python stack); any other one still raises.
+
+    * ``torch.bincount`` in ``LDGNoise.timesteps`` (rcod): the epoch's per-group sample counts, a
+      bookkeeping tensor of n int64 (the output length depends on the values for fake tensors). Its
+      groups are clamped to [0, n−1], so the result has ``minlength`` entries: counted here with a
+      scatter-add of that size, which allocates the same n int64;
+    * ``bool(…)`` of the γ range check in ``blend`` (ifcsr's blend stage): γ comes from ``torch.rand``,
+      in [0, 1) by construction, so the check passes ("no γ out of range"). The check's (B,) bool
+      temporaries are still allocated and counted; only the read of the answer is stubbed.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lit_sr.model.blend import blend
+    from lit_sr.model.noise.ldg import LDGNoise
+
+    aten = torch.ops.aten
+
+    def bincount(x, weights=None, minlength=0):
+        assert weights is None and minlength > 0, "the traced bincount needs minlength (its output length)"
+        return torch.zeros(minlength, dtype=torch.long, device=x.device).scatter_add_(0, x, torch.ones_like(x))
+
+    sites = {(aten.bincount.default, LDGNoise.timesteps.__code__): bincount,
+             (aten._local_scalar_dense.default, blend.__code__): lambda x: False}
+
+    class Stubs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in (aten.bincount.default, aten._local_scalar_dense.default):
+                frame = sys._getframe()
+                while frame is not None:
+                    stub = sites.get((func, frame.f_code))
+                    if stub is not None:
+                        return stub(*args, **kwargs)
+                    frame = frame.f_back
+            return func(*args, **kwargs)
+
+    return Stubs()
+
+
+def _held_modules(system) -> list:
+    """Frozen encoders the system runs but does not register as children (``FrozenModule``: the CLIP
+    text tower of ``conditioning=text``, VPIM's vision tower); on the GPU with the rest."""
+    from lit_sr.model.conditioning.frozen import FrozenModule
+
+    return [v.module for m in system.modules() for v in vars(m).values() if isinstance(v, FrozenModule)]
+
+
+def _new_storage_tracker():
+    """A :class:`PeakTracker` that counts only storages created inside the block.
+
+    The plain tracker counts every storage an operator returns that it has not seen yet, also one
+    that existed before the block: a view of a weight (``F.linear``'s ``weight.t()``) or an in-place
+    update of a parameter or of the optimizer state returns a tensor on that storage, which would be
+    counted once more on top of ``resident`` and stay counted while the storage lives (for a frozen
+    weight: always). Here the storages alive on entry (weights, buffers, optimizer state, anything
+    else) are known and skipped.
+    """
+    import gc
+    import warnings
+    import weakref
+
+    import torch
+
+    from lit_sr.model.tracing import PeakTracker
+
+    class NewStorageTracker(PeakTracker):
+        def __enter__(self):
+            self.before: dict[int, weakref.ref] = {}
+            with warnings.catch_warnings():  # isinstance on some objects warns about deprecated attributes
+                warnings.simplefilter("ignore")
+                tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+            for obj in tensors:
+                try:
+                    st = obj.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                self.before.setdefault(id(st), weakref.ref(st))
+            return super().__enter__()
+
+        def add(self, tensor: torch.Tensor) -> None:
+            ref = self.before.get(id(tensor.untyped_storage()))
+            if ref is not None and ref() is tensor.untyped_storage():
+                return
+            super().add(tensor)
+
+    return NewStorageTracker()
 
 
 def measure(spec: dict) -> dict:
@@ -89,7 +210,7 @@ def measure(spec: dict) -> dict:
     import torch
 
     from lit_sr.config.systems import build_system
-    from lit_sr.model.tracing import PeakTracker, fake_mode, sd21_backbone, state_bytes
+    from lit_sr.model.tracing import fake_mode, sd21_backbone, state_bytes
 
     torch.manual_seed(0)
     cfg = _cfg(spec["preset"], spec["precision"], spec["ckpt"], spec["batch"], spec["size"])
@@ -109,9 +230,9 @@ def measure(spec: dict) -> dict:
         stages = []
         for index in range(len(system.plan)):
             system.enter_stage(index)
-            tracker = PeakTracker()
-            resident = state_bytes(system, *extra)
-            with tracker:
+            tracker = _new_storage_tracker()
+            resident = state_bytes(system, *_held_modules(system), *extra)
+            with _trace_stubs(), tracker:
                 for _ in range(2):  # the second step runs with the optimizer state of the first
                     _step(system, opts, _batch(spec["size"], spec["batch"]), autocast)
             stages.append({"stage": system.plan[index].name, "peak_bytes": resident + tracker.peak,
@@ -128,7 +249,9 @@ def _spawn(spec: dict) -> dict:
                           cwd=ROOT, env=env)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        return {**spec, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]}
+        err = proc.stderr.strip().splitlines() or ["failed"]
+        raised = [ln for ln in err if re.match(r"[A-Za-z_][\w.]*(Error|Exception)\b", ln)]  # the exception's line
+        return {**spec, "error": (raised or err)[-1][:300]}
     return json.loads(lines[-1])
 
 
