@@ -107,6 +107,17 @@ def build_val_metrics(cfg: DictConfig):
                                              allow_random=True))  # training-time monitoring; evaluation is strict
 
 
+def build_val_baseline(cfg: DictConfig):
+    """PSNR/SSIM of bicubic upsampling on the validation images, logged beside the model's."""
+    from lit_sr.metrics.suite import MetricSuite
+
+    val = cfg.get("val")
+    names = [n for n in ("psnr", "ssim") if val is not None and n in val.metrics]
+    if not names or not val.get("bicubic_baseline", True):
+        return None
+    return MetricSuite(names, crop_border=int(cfg.degradation.scale))
+
+
 def build_datamodule(cfg: DictConfig):
     degradation = build_component(cfg.degradation, "degradation")
     return build_component(cfg.data, "data", degradation=degradation)

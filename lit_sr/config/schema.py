@@ -55,6 +55,7 @@ class OptimConfig:
 class ValConfig:
     metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "lpips"])
     num_sample_images: int = 2  # validation SR images written to run_dir/samples
+    bicubic_baseline: bool = True  # log val/<psnr|ssim>_bicubic and val/<psnr|ssim>_margin beside the model
 
     def __post_init__(self) -> None:
         from lit_sr.metrics.suite import METRIC_NAMES

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from lit_sr.config.build import build_backbone, build_component, build_generator, build_losses, build_val_metrics
+from lit_sr.config.build import (
+    build_backbone,
+    build_component,
+    build_generator,
+    build_losses,
+    build_val_baseline,
+    build_val_metrics,
+)
 from lit_sr.config.compose import resolve_target
 from lit_sr.config.loading import load_config, load_generator
 from lit_sr.errors import ConfigError
@@ -41,6 +48,7 @@ def sr_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Bac
         accumulate_grad_batches=int(optim.accumulate_grad_batches),
         max_nonfinite_steps=int(optim.max_nonfinite_steps),
         val_metrics=build_val_metrics(cfg),
+        val_baseline=build_val_baseline(cfg),
         seed=int(cfg.seed),
         config=OmegaConf.to_container(cfg, resolve=True),
         stages=stages,

@@ -31,6 +31,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.model.adapters import only_trainable, train_only
@@ -81,6 +82,7 @@ class SRSystem(L.LightningModule):
         accumulate_grad_batches: int = 1,
         max_nonfinite_steps: int = 10,
         val_metrics: nn.Module | None = None,
+        val_baseline: nn.Module | None = None,
         seed: int = 0,
         config: dict | None = None,
         stages: list[Stage] | None = None,
@@ -101,6 +103,7 @@ class SRSystem(L.LightningModule):
         self.grad_clip = grad_clip
         self.accumulate = int(accumulate_grad_batches)
         self.val_metrics = val_metrics
+        self.val_baseline = val_baseline  # the same fidelity metrics on bicubic upsampling of the LQ
         self.seed = int(seed)
         self.config = config or {}
         # Hyperparameters are the plain config; the networks are not (they are modules).
@@ -351,6 +354,10 @@ class SRSystem(L.LightningModule):
             sr = g(batch["lq"], batch=batch)
         if self.val_metrics is not None:
             self.val_metrics.update(sr.float(), batch["hq"].float())
+        if self.val_baseline is not None:  # the floor every SR model must clear
+            hq = batch["hq"].float()
+            bicubic = F.interpolate(batch["lq"].float(), size=hq.shape[-2:], mode="bicubic", align_corners=False)
+            self.val_baseline.update(bicubic.clamp(0, 1), hq)
         return {"sr": sr.detach()}
 
     def on_validation_epoch_end(self) -> None:
@@ -360,6 +367,13 @@ class SRSystem(L.LightningModule):
         self.val_metrics.reset()
         for name, value in values.items():
             self.log(f"val/{name}", float(value), sync_dist=True)  # already synced by the suite: a mean of equals
+        if self.val_baseline is not None:
+            base = self.val_baseline.compute()
+            self.val_baseline.reset()
+            for name, value in base.items():  # val/psnr_bicubic and val/psnr_margin (model minus bicubic)
+                self.log(f"val/{name}_bicubic", float(value), sync_dist=True)
+                if name in values:
+                    self.log(f"val/{name}_margin", float(values[name]) - float(value), sync_dist=True)
 
     # ------------------------------------------------------------------ checkpoints
     def _trainable_keys(self) -> set[str]:
