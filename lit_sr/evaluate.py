@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from lit_sr.cli import run_main
 from lit_sr.errors import LitSRError
@@ -33,7 +34,7 @@ from lit_sr.metrics.trend import sweep_trends, trend_lines
 
 log = logging.getLogger("lit_sr.evaluate")
 
-FULL_REFERENCE = frozenset({"psnr", "ssim", "lpips", "dists"})
+FULL_REFERENCE = frozenset({"psnr", "ssim", "colour", "lpips", "dists"})
 
 
 # ------------------------------------------------------------------------------ data
@@ -109,6 +110,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tile", type=int, default=None, help="latent tile size for large images")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. backbone.path=/models/sd-2-1-base")
+    p.add_argument("--baseline", action="store_true",
+                   help="--model mode: add a 'bicubic' row first (the LQ upsampled bicubically, scored alike)")
+    p.add_argument("--per-image", default=None, metavar="CSV",
+                   help="write every image's score per row and metric here (row, image, metric, value)")
     p.add_argument("--out", default=None, help="write the Markdown table here")
     p.add_argument("--csv", default=None, help="write the table as CSV here")
     return p.parse_args(argv)
@@ -185,7 +190,8 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
     data = (_paired(lq_dir, hq_dir, scale, args.layout, args.lq_pattern, args.hq_pattern)
             if hq_dir is not None else _folder_items(lq_dir))
     points = sweep.points
-    scores = SweepScores(suite, len(points))
+    first = 1 if args.baseline else 0  # row 0: bicubic upsampling of the LQ
+    scores = SweepScores(suite, first + len(points))
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     count = 0
@@ -195,18 +201,26 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
             hq = item["hq"][None].to(device) if "hq" in item else None
             with autocast:
                 outputs = sweep.run(generator, lq, {"name": [item["name"]]})
+            if args.baseline:
+                size = (lq.shape[-2] * scale, lq.shape[-1] * scale)
+                bicubic = F.interpolate(lq.float(), size=size, mode="bicubic", align_corners=False)
+                scores.add(0, bicubic.clamp(0, 1), hq, item["name"])
             for i, sr in enumerate(outputs):
-                scores.add(i, sr.float(), hq, item["name"])
+                scores.add(first + i, sr.float(), hq, item["name"])
             count += 1
             log.info("evaluated %s (%d)", item["name"], count)
     if count == 0:
         raise LitSRError(f"no images found under {lq_dir}")
     means = scores.means()
     key_columns = ["knob"] + (["γ"] if sweep.gammas is not None else [])
-    rows = [([p.knob_text] + ([f"{p.gamma:g}"] if p.gamma is not None else []), m) for p, m in zip(points, means)]
+    labels = [[p.knob_text] + ([f"{p.gamma:g}"] if p.gamma is not None else []) for p in points]
+    if args.baseline:
+        labels.insert(0, ["bicubic"] + (["-"] if sweep.gammas is not None else []))
+    rows = list(zip(labels, means))
     what = f"model {args.model} on {hq_dir or lq_dir}"
     table = _table(suite, args, what, count, key_columns, rows, unavailable)
-    table.notes = trend_lines(sweep_trends(points, means, table.metrics), suite.display_names)
+    table.notes = trend_lines(sweep_trends(points, means[first:], table.metrics), suite.display_names)
+    _write_per_image(args, scores, [" ".join(label) for label in labels])
     return table
 
 
@@ -236,8 +250,18 @@ def _evaluate_folders(args: argparse.Namespace, sr_dirs: list[Path], hq_dir: Pat
     if len(set(counts)) > 1:  # rows over different image sets are not comparable: say so
         log.warning("the SR folders have different numbers of matched images: %s", counts)
     rows = [([str(d)], m) for d, m in zip(sr_dirs, scores.means())]
+    _write_per_image(args, scores, [str(d) for d in sr_dirs])
     what = f"SR folders on {hq_dir}" if hq_dir is not None else "SR folders (no HQ)"
     return _table(suite, args, what, min(counts), ["SR folder"], rows, unavailable)
+
+
+def _write_per_image(args: argparse.Namespace, scores: SweepScores, row_names: list[str]) -> None:
+    if not args.per_image:
+        return
+    lines = ["row,image,metric,value"] + [f"{row_names[i]},{image},{metric},{value:.6g}"
+                                          for i, image, metric, value in scores.records]
+    Path(args.per_image).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.per_image).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _table(suite: MetricSuite, args: argparse.Namespace, what: str, count: int, key_columns: list[str],

@@ -12,11 +12,11 @@ from lit_sr.metrics.base import MetricUnavailable, PerImageMetric, warn_once
 from lit_sr.metrics.dists import DISTSMetric
 from lit_sr.metrics.lpips import LPIPSMetric
 from lit_sr.metrics.niqe import NIQE
-from lit_sr.metrics.psnr import PSNR
+from lit_sr.metrics.psnr import PSNR, ColourShift
 from lit_sr.metrics.pyiqa_metrics import PyiqaMetric
 from lit_sr.metrics.ssim import SSIM
 
-METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "lpips", "dists", "niqe", "musiq", "maniqa", "clipiqa")
+METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "colour", "lpips", "dists", "niqe", "musiq", "maniqa", "clipiqa")
 
 
 @dataclass
@@ -42,6 +42,7 @@ class _Options:
 _BUILDERS: dict[str, Callable[[_Options], PerImageMetric]] = {
     "psnr": lambda o: PSNR(crop_border=o.crop_border, y_channel=o.y_channel),
     "ssim": lambda o: SSIM(crop_border=o.crop_border, y_channel=o.y_channel),
+    "colour": lambda o: ColourShift(crop_border=o.crop_border),
     "lpips": lambda o: LPIPSMetric(o.weights.vgg, o.weights.lpips, allow_random=o.weights.allow_random),
     "dists": lambda o: DISTSMetric(o.weights.vgg, o.weights.dists, allow_random=o.weights.allow_random),
     "niqe": lambda o: NIQE(crop_border=o.niqe_crop_border, luma=o.niqe_luma),  # type: ignore[arg-type]

@@ -116,6 +116,7 @@ class SweepScores:
         self.suite = suite
         self.names = suite.names
         self.totals = torch.zeros(num_points, len(self.names), 2, dtype=torch.float64)
+        self.records: list[tuple[int, str, str, float]] = []  # (point, image, metric, score) of this process
 
     def add(self, index: int, sr: torch.Tensor, hq: torch.Tensor | None, name: str = "") -> None:
         """Score one batch of SR images (``hq`` None: no-reference metrics only)."""
@@ -135,6 +136,8 @@ class SweepScores:
                                  f"(leave {metric.label} out or use larger images)") from None
             self.totals[index, j, 0] += scores.sum()
             self.totals[index, j, 1] += scores.numel()
+            self.records += [(index, name if scores.numel() == 1 else f"{name}[{k}]", metric_name, float(v))
+                             for k, v in enumerate(scores.tolist())]
 
     def means(self, reduce: Any = None) -> list[dict[str, float]]:
         """Mean of each metric per point; metrics that saw no image are left out.

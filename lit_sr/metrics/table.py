@@ -5,10 +5,10 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "niqe": "NIQE", "musiq": "MUSIQ",
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "colour": "ColourShift", "lpips": "LPIPS", "dists": "DISTS", "niqe": "NIQE", "musiq": "MUSIQ",
           "maniqa": "MANIQA", "clipiqa": "CLIPIQA"}
 # Decimal places in the Markdown table (papers print PSNR/MUSIQ with 2, the rest with 4).
-DECIMALS = {"psnr": 2, "musiq": 2}
+DECIMALS = {"psnr": 2, "musiq": 2, "colour": 2}
 
 
 @dataclass
