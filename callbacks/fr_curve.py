@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class FidelityRealismCurve(Checked, L.Callback):
 
     Args:
         out_dir: folder for ``step<N>.csv/json/png`` and ``history.json``.
+        latest: path stem (e.g. ``runs/default/curve``) where the newest curve's PNG and CSV are also copied.
         every_n_epochs: run at the first validation of every N-th epoch (None: every validation).
         knobs: knob values (parsed by the noise strategy); None: the strategy's default sweep
             (``noise.knob_values()``).
@@ -83,6 +85,7 @@ class FidelityRealismCurve(Checked, L.Callback):
         crop_border: int | None = None,
         y_channel: bool = True,
         weights: MetricWeights | None = None,
+        latest: str | Path | None = None,
     ) -> None:
         for key, name in (("fidelity", fidelity), ("realism", realism)):
             if name not in METRIC_NAMES:
@@ -96,6 +99,7 @@ class FidelityRealismCurve(Checked, L.Callback):
         if reference is not None and len(reference) != 2:
             raise ValueError(f"reference must be [fidelity, realism], got {reference}")
         self.out_dir = Path(out_dir)
+        self.latest = Path(latest) if latest is not None else None  # <latest>.{png,csv}: copies of the newest curve
         self.every_n_epochs = None if every_n_epochs is None else int(every_n_epochs)
         self.knobs, self.gammas = knobs, gammas
         self.metric_names = list(dict.fromkeys([fidelity, realism, *(metrics or [])]))
@@ -114,7 +118,8 @@ class FidelityRealismCurve(Checked, L.Callback):
     def requires(cls, node, facts: RunFacts) -> str | None:
         if not facts.noise_has_knob and not facts.endpoints:
             return ("callbacks.fr_curve sweeps a fidelity-realism control, and this model has none: use a noise "
-                    "strategy with a knob (noise=rgpa or noise=ldg) or fidelity/realism endpoints (model.endpoints)")
+                    "strategy with a knob (noise=rgpa or noise=ldg) or fidelity/realism endpoints (model.endpoints), "
+                    "or leave the curve out (callbacks=default)")
         if not facts.has_val:
             return "callbacks.fr_curve runs on the validation set: val must not be null"
         if "niqe" in {*(node.get("metrics") or []), node.get("fidelity"), node.get("realism")}:
@@ -249,6 +254,10 @@ class FidelityRealismCurve(Checked, L.Callback):
                            self._higher_is_better(), title=_title(step, hv, self.reference, self.suite.display_names,
                                                                   self.fidelity, self.realism),
                            path=stem.with_suffix(".png"))
+        if self.latest is not None:
+            self.latest.parent.mkdir(parents=True, exist_ok=True)
+            for suffix in (".png", ".csv"):
+                shutil.copyfile(stem.with_suffix(suffix), self.latest.with_suffix(suffix))
         self.history.append({"step": step, "epoch": epoch, "hypervolume": hv})
         (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=2), encoding="utf-8")
         table = Table(title=f"fidelity-realism sweep, step {step}", key_columns=["setting"], metrics=names,

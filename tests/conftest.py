@@ -30,12 +30,21 @@ def tiny_bb(_tiny_backbone_template):
     return copy.deepcopy(_tiny_backbone_template)
 
 
+# Component tests compose from the plain one-step configuration (OSEDiff's uniform noise, raw
+# decode, no curve callbacks) unless they choose otherwise; the embedded CPU default itself
+# (rgpa, colour alignment, curve and knob samples) is trained by tests/test_default_run.py and
+# tests/test_train.py through train.py.
+UNIT_BASELINE = ("noise=uniform", "callbacks=default", "model.color_fix=none")
+
+
 @pytest.fixture
 def make_cfg():
     """Compose the project config with overrides (fast: nothing is built)."""
     from lit_sr.config.compose import compose
 
     def _make(*overrides: str):
-        return compose(list(overrides))
+        given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+        pinned = [o for o in UNIT_BASELINE if o.split("=", 1)[0] not in given]
+        return compose([*pinned, *overrides])
 
     return _make

@@ -111,14 +111,17 @@ def test_capture_keeps_outputs_and_records_only_with_gradients(make_cfg, tiny_bb
     lq, batch = torch.rand(2, 3, 8, 8), _batch()
     with torch.no_grad():
         ref = g.step(lq, batch=batch).sr
-    store = capture.install(g.unet, downsample=[2])  # tiny UNet: only the mid block is 2x below the latent
+    store = capture.install(g.unet, downsample=[2])  # tiny UNet: its second level and mid block, 2x below the latent
     with torch.no_grad():
         g.step(lq, batch=batch)
     assert len(store.records) == 0  # validation-like passes are not captured
     out = g.step(lq, batch=batch)
     torch.testing.assert_close(out.sr.detach(), ref, rtol=1e-4, atol=1e-4)  # explicit softmax == SDPA
     rec = store.take(out.z_in)
-    assert list(rec.layers) == ["mid_block.attentions.0.transformer_blocks.0.attn2"]
+    assert sorted(rec.layers) == ["down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+                                  "mid_block.attentions.0.transformer_blocks.0.attn2",
+                                  "up_blocks.0.attentions.0.transformer_blocks.0.attn2",
+                                  "up_blocks.0.attentions.1.transformer_blocks.0.attn2"]
     layer = rec.layers["mid_block.attentions.0.transformer_blocks.0.attn2"]
     assert layer.size == (4, 4) and layer.heads.shape[::2] == (2, 16) and layer.heads.shape[-1] == 77
     torch.testing.assert_close(layer.heads.sum(-1), torch.ones(layer.heads.shape[:3]))  # 32 px → 8² latent → 4² mid
@@ -142,7 +145,7 @@ def test_comat_gradients_reach_cross_attention_lora_and_lower_the_loss(make_cfg,
           if "attn2" in n and ("to_q.lora_B" in n or "to_k.lora_B" in n)}
     assert qk and all(gr is not None and gr.abs().sum() > 0 for gr in qk.values())
     # Attention probabilities do not depend on the values: the last captured layer's V/out get nothing.
-    last = "up_blocks.1.attentions.1.transformer_blocks.0.attn2"
+    last = "up_blocks.0.attentions.1.transformer_blocks.0.attn2"
     vo = [p.grad for n, p in g.unet.named_parameters() if n.startswith(last) and ("to_v.lora" in n or "to_out.0.lora" in n)]
     assert vo and all(gr is None or gr.abs().sum() == 0 for gr in vo)
     # Training on CoMat alone moves attention into the masks.

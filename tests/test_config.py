@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NEEDS = {("conditioning", "vpim"): ["backbone.vision_encoder=true"],
          ("callbacks", "fr_curve"): ["noise=rgpa", "data.val_crop=192"],
          ("checkpoint", "hypervolume"): ["callbacks=fr_curve", "noise=rgpa", "data.val_crop=192"],
-         ("checkpoint", "last"): ["val=null"]}
+         ("checkpoint", "last"): ["val=null", "callbacks=default"],
+         ("noise", "uniform"): ["callbacks=default"]}
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 

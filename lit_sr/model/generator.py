@@ -11,7 +11,7 @@ with a smooth window, so peak memory follows the tile, not the image.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from torch import nn
 from lit_sr.model.adapters import AdapterSet, as_spec
 from lit_sr.model.backbone import Backbone
 from lit_sr.model.blend import blend
+from lit_sr.model.colorfix import color_fix
 from lit_sr.model.conditioning.base import Conditioner
 from lit_sr.model.modulation import Modulation
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
@@ -50,6 +51,7 @@ class OneStepSR(nn.Module):
         gradient_checkpointing: bool = False,
         endpoints: dict[str, list[str]] | None = None,
         gamma: Fraction = 0.5,
+        color_fix: Literal["none", "adain", "wavelet"] = "none",
     ) -> None:
         super().__init__()
         self.unet = backbone.unet
@@ -62,6 +64,9 @@ class OneStepSR(nn.Module):
         self.tile_latent = tile_latent
         self.tile_overlap = int(tile_overlap)
         self.vae_tile, self.vae_tile_overlap = vae_tile, int(vae_tile_overlap)
+        # Colour alignment of every output to the bicubic LQ (train and inference alike): the
+        # decoder's low-frequency drift is replaced by the LQ's (colorfix.py); "none": the raw decode.
+        self.color_fix = str(color_fix)
         # IFCSR: named endpoint networks, each a set of active UNet adapters; γ blends their images.
         self.endpoint_adapters = {k: list(v) for k, v in (endpoints or {}).items()}
         if self.endpoint_adapters and set(self.endpoint_adapters) != {"fidelity", "realism"}:
@@ -228,6 +233,8 @@ class OneStepSR(nn.Module):
         eps = self.unet_eps(z_in, t, ehs.to(z_in.dtype), self.modulation_maps(x, t))
         z_hat = self.noise.to_x0(ctx, t, z_in, eps)
         sr = (self.decode(z_hat)[..., :h, :w] + 1) / 2
+        if self.color_fix != "none":
+            sr = color_fix(sr.float(), lq_up.float(), self.color_fix).to(sr.dtype)
         return SROutput(sr=sr, z_hat=z_hat, z_lq=z_lq, t=t, eps_hat=eps, encoder_hidden_states=ehs,
                         lq_up=lq_up, z_in=z_in, z_hq=z_hq, extras=ctx.extras)
 
