@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -85,6 +86,23 @@ def test_a_pickle_payload_is_refused_by_every_entry_point(tmp_path):
         line = _last_line(proc.stderr)
         assert line.startswith("error: ") and "refused" in line and "Traceback" not in proc.stderr, (cmd, line)
         assert not marker.exists(), cmd
+
+
+def test_a_model_folder_whose_config_names_an_arbitrary_callable_is_refused(make_cfg, tiny_bb, tmp_path):
+    from lit_sr.config.build import build_generator
+    from lit_sr.config.loading import load_generator
+    from lit_sr.errors import WeightsError
+    from lit_sr.model import export
+
+    cfg = make_cfg()
+    out = export.export_adapter(build_generator(cfg, tiny_bb), tmp_path / "adapter", OmegaConf.to_container(cfg))
+    marker = tmp_path / "executed"
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("_target_: lit_sr.model.noise.uniform.UniformNoise",
+                                                  f"_target_: os.system\n  command: touch {marker}", 1))
+    with pytest.raises(WeightsError, match=r"refusing to load: its config names noise\._target_='os\.system'"):
+        load_generator(out)
+    assert not marker.exists()
 
 
 def test_a_failed_export_leaves_the_previous_folder_untouched(make_cfg, tiny_bb, tmp_path, monkeypatch):

@@ -61,8 +61,30 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> DictC
     except OmegaConfBaseException as exc:
         raise ConfigError(config_error_line(exc)) from None
     OmegaConf.set_struct(cfg, False)
+    _check_targets(cfg, path)
     validate(cfg)
     return cfg
+
+
+# A model folder is data: the classes its stored config may name are the project's components and
+# the library classes its configs use (optimizers, schedulers, Lightning callbacks and loggers) —
+# never an arbitrary callable such as os.system.
+TRUSTED_TARGETS = ("lit_sr.", "datamodules.", "callbacks.", "losses.", "torch.optim.", "lightning.pytorch.")
+
+
+def _check_targets(node: Any, source: Path, key: str = "") -> None:
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None and not str(target).startswith(TRUSTED_TARGETS):
+            raise WeightsError(f"{source}: refusing to load: its config names {key or 'the root'}._target_="
+                               f"{target!r}, outside the project's components ({', '.join(TRUSTED_TARGETS)})")
+        for k, v in node.items():
+            _check_targets(v, source, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_targets(v, source, f"{key}[{i}]")
 
 
 def load_generator(source: str | Path, overrides: list[str] | None = None) -> tuple[OneStepSR, DictConfig]:
