@@ -162,47 +162,6 @@ def _held_modules(system) -> list:
     return [v.module for m in system.modules() for v in vars(m).values() if isinstance(v, FrozenModule)]
 
 
-def _new_storage_tracker():
-    """A :class:`PeakTracker` that counts only storages created inside the block.
-
-    The plain tracker counts every storage an operator returns that it has not seen yet, also one
-    that existed before the block: a view of a weight (``F.linear``'s ``weight.t()``) or an in-place
-    update of a parameter or of the optimizer state returns a tensor on that storage, which would be
-    counted once more on top of ``resident`` and stay counted while the storage lives (for a frozen
-    weight: always). Here the storages alive on entry (weights, buffers, optimizer state, anything
-    else) are known and skipped.
-    """
-    import gc
-    import warnings
-    import weakref
-
-    import torch
-
-    from lit_sr.model.tracing import PeakTracker
-
-    class NewStorageTracker(PeakTracker):
-        def __enter__(self):
-            self.before: dict[int, weakref.ref] = {}
-            with warnings.catch_warnings():  # isinstance on some objects warns about deprecated attributes
-                warnings.simplefilter("ignore")
-                tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
-            for obj in tensors:
-                try:
-                    st = obj.untyped_storage()
-                except (RuntimeError, NotImplementedError):
-                    continue
-                self.before.setdefault(id(st), weakref.ref(st))
-            return super().__enter__()
-
-        def add(self, tensor: torch.Tensor) -> None:
-            ref = self.before.get(id(tensor.untyped_storage()))
-            if ref is not None and ref() is tensor.untyped_storage():
-                return
-            super().add(tensor)
-
-    return NewStorageTracker()
-
-
 def measure(spec: dict) -> dict:
     """One configuration in this process: the peak over the preset's stages."""
     from contextlib import nullcontext
@@ -210,7 +169,7 @@ def measure(spec: dict) -> dict:
     import torch
 
     from lit_sr.config.systems import build_system
-    from lit_sr.model.tracing import fake_mode, sd21_backbone, state_bytes
+    from lit_sr.model.tracing import PeakTracker, fake_mode, sd21_backbone, state_bytes
 
     torch.manual_seed(0)
     cfg = _cfg(spec["preset"], spec["precision"], spec["ckpt"], spec["batch"], spec["size"])
@@ -230,7 +189,7 @@ def measure(spec: dict) -> dict:
         stages = []
         for index in range(len(system.plan)):
             system.enter_stage(index)
-            tracker = _new_storage_tracker()
+            tracker = PeakTracker()
             resident = state_bytes(system, *_held_modules(system), *extra)
             with _trace_stubs(), tracker:
                 for _ in range(2):  # the second step runs with the optimizer state of the first

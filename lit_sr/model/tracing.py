@@ -2,8 +2,8 @@
 
 Under :func:`fake_mode` every tensor is a ``FakeTensor`` (shape, dtype and device, no data), so
 an SD-2.1-size training step "runs" in seconds on a laptop-sized machine. :class:`PeakTracker`
-sees every operator's outputs, counts the bytes of each storage while it is alive (weak
-references tell it when a storage is freed) and keeps the peak — the quantity
+sees every operator's outputs, counts the bytes of each storage created inside its block while
+it is alive (weak references tell it when a storage is freed) and keeps the peak — the quantity
 ``torch.cuda.max_memory_allocated`` reports on a GPU (live tensors; the caching allocator's
 fragmentation and the CUDA context come on top, typically a few hundred MB to ~10 %).
 
@@ -22,6 +22,8 @@ differently are modelled:
 """
 from __future__ import annotations
 
+import gc
+import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,17 +35,41 @@ from torch.utils._pytree import tree_flatten
 
 
 class PeakTracker(TorchDispatchMode):
-    """Live bytes of the storages created inside the block (``current``) and their maximum (``peak``)."""
+    """Live bytes of the storages created inside the block (``current``) and their maximum (``peak``).
+
+    Only storages that did not exist when the block was entered are counted. An operator can
+    return a tensor on an older storage — a view of a weight (``F.linear``'s ``weight.t()``), an
+    in-place update of a parameter or of optimizer state — and counting it would add that storage
+    once more on top of what is already resident, for as long as it lives (for a frozen weight:
+    always). On entry the storages of every live tensor are recorded and skipped later.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.live: dict[int, weakref.ref] = {}
+        self.before: dict[int, weakref.ref] = {}
         self.current = 0
         self.peak = 0
+
+    def __enter__(self):
+        self.before = {}
+        with warnings.catch_warnings():  # isinstance on some objects warns about deprecated attributes
+            warnings.simplefilter("ignore")
+            tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+        for obj in tensors:
+            try:
+                storage = obj.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                continue
+            self.before.setdefault(id(storage), weakref.ref(storage))
+        return super().__enter__()
 
     def add(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         key = id(storage)
+        old = self.before.get(key)
+        if old is not None and old() is storage:  # existed before the block: resident, not counted here
+            return
         if key in self.live:  # a view of a storage already counted
             return
         size = storage.nbytes()
