@@ -105,7 +105,7 @@ def test_eps_hat_equal_to_injected_noise_returns_lq_latent_exactly(rgpa):
     t = torch.tensor([100, 400])
     z_t = rgpa.unet_input(ctx, t)
     aux = ctx.extras
-    assert torch.equal(rgpa.to_x0(ctx, t, z_t, aux["eps_a"]), ctx.z_lq)
+    assert torch.equal(rgpa.to_x0(ctx, t, z_t, aux["eps"]), ctx.z_lq)
     # any ε̂: the DDPM x0 estimate from z_t, written around z_L
     eps_hat = torch.randn_like(z_t)
     a = rgpa.alpha_bar(t)[:, None, None, None]

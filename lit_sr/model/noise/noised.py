@@ -16,7 +16,13 @@ from lit_sr.model.noise.base import NoiseContext, NoiseStrategy, parse_timestep
 
 
 class NoisedLatent(NoiseStrategy):
-    """Uniform Gaussian noise on z_L at t; knob = t."""
+    """Gaussian noise on z_L at t, optionally weighted per latent pixel (:meth:`noise_weight`); knob = t.
+
+    Subclasses change only the weight: RGPA (:class:`~lit_sr.model.noise.rgpa.RGPANoise`) scales the
+    noise by its gradient map. ``ctx.extras["eps"]`` holds the injected (weighted) noise.
+    """
+
+    name = "noised"  # the config choice, in messages
 
     def __init__(self, t_min: int = 50, t_max: int = 250, timestep: int = 100,
                  sweep: list[int] | None = None) -> None:
@@ -32,16 +38,22 @@ class NoisedLatent(NoiseStrategy):
             if not 0 <= value < self.num_train_timesteps:
                 raise ValueError(f"noise.{key}={value} outside [0, {self.num_train_timesteps})")
 
+    # ------------------------------------------------------------------ knob
     def parse_knob(self, knob: Any) -> int:
-        return self.timestep if knob is None else parse_timestep(knob, self.num_train_timesteps, "noise=noised")
+        return self.timestep if knob is None else parse_timestep(knob, self.num_train_timesteps, f"noise={self.name}")
 
     def knob_values(self) -> list:
         return list(self.sweep)
 
     def knob_help(self) -> str:
-        return (f"the timestep t of the injected noise noise, an integer in [0, {self.num_train_timesteps or 1000}); "
+        return (f"the timestep t of the injected noise, an integer in [0, {self.num_train_timesteps or 1000}); "
                 f"default {self.timestep}, trained on [{self.t_min}, {self.t_max}]; larger t = more generated "
                 "detail (realism), smaller = closer to the input (fidelity)")
+
+    # ------------------------------------------------------------------ pass
+    def noise_weight(self, ctx: NoiseContext) -> torch.Tensor | None:
+        """Per-latent-pixel scale of the injected noise, broadcastable to z_L (None: 1 everywhere)."""
+        return None
 
     def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
         z = ctx.z_lq
@@ -52,7 +64,10 @@ class NoisedLatent(NoiseStrategy):
 
     def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
         z = ctx.z_lq
+        weight = self.noise_weight(ctx)
         eps = torch.randn(z.shape, generator=ctx.generator, device=z.device, dtype=z.dtype)
+        if weight is not None:
+            eps = weight * eps
         ctx.extras["eps"] = eps  # to_x0 needs the injected noise
         a = self.alpha_bar(t).to(z.dtype)[:, None, None, None]
         return a.sqrt() * z + (1.0 - a).sqrt() * eps

@@ -22,13 +22,12 @@ generative prior add more detail.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from lit_sr.model.image_ops import filter_responses, gray
-from lit_sr.model.noise.base import NoiseContext, NoiseStrategy, parse_timestep
+from lit_sr.model.noise.base import NoiseContext
+from lit_sr.model.noise.noised import NoisedLatent
 
 
 def gradient_weight(
@@ -70,8 +69,14 @@ def to_latent_grid(weight: torch.Tensor, image_hw: tuple[int, int], latent_hw: t
     return weight[:, :, rows][:, :, :, cols]
 
 
-class RGPANoise(NoiseStrategy):
-    """Gradient-weighted latent noise at a chosen t (CODSR's RGPA); knob = t."""
+class RGPANoise(NoisedLatent):
+    """Gradient-weighted latent noise at a chosen t (CODSR's RGPA); knob = t.
+
+    The noise injection, knob and ``ẑ`` are :class:`NoisedLatent`'s; RGPA adds the weight map
+    (``ctx.extras["rgpa_weight"]``; the injected ``ε_a = W·ε`` is ``ctx.extras["eps"]``).
+    """
+
+    name = "rgpa"
 
     def __init__(
         self,
@@ -86,38 +91,13 @@ class RGPANoise(NoiseStrategy):
         high: float = 1.0,
         sweep: list[int] | None = None,
     ) -> None:
-        super().__init__()
-        if not 0 <= t_min <= t_max:
-            raise ValueError(f"need 0 <= noise.t_min <= noise.t_max, got {t_min}, {t_max}")
+        super().__init__(t_min, t_max, timestep, sweep)
         if patch_size <= 0:
             raise ValueError(f"noise.patch_size must be > 0, got {patch_size}")
         if not t1 < t2:
             raise ValueError(f"need noise.t1 < noise.t2, got {t1}, {t2}")
-        self.t_min, self.t_max, self.timestep = int(t_min), int(t_max), int(timestep)
         self.patch_size = int(patch_size)
         self.t1, self.t2, self.slope, self.low, self.high = float(t1), float(t2), float(slope), float(low), float(high)
-        self.sweep = [int(v) for v in (sweep if sweep is not None else [50, 100, 200, 300, 400])]
-
-    def attach(self, alphas_cumprod: torch.Tensor) -> None:
-        super().attach(alphas_cumprod)
-        T = self.num_train_timesteps
-        for key, value in (("t_max", self.t_max), ("timestep", self.timestep), *(("sweep", v) for v in self.sweep)):
-            if not 0 <= value < T:
-                raise ValueError(f"noise.{key}={value} outside [0, {T})")
-
-    # ------------------------------------------------------------------ knob
-    def parse_knob(self, knob: Any) -> int:
-        if knob is None:
-            return self.timestep
-        return parse_timestep(knob, self.num_train_timesteps, "noise=rgpa")
-
-    def knob_values(self) -> list:
-        return list(self.sweep)
-
-    def knob_help(self) -> str:
-        return (f"the timestep t of the injected RGPA noise, an integer in [0, {self.num_train_timesteps or 1000}); "
-                f"default {self.timestep}, trained on [{self.t_min}, {self.t_max}]; larger t = more generated "
-                "detail (realism), smaller = closer to the input (fidelity)")
 
     # ------------------------------------------------------------------ pass
     def weight(self, ctx: NoiseContext) -> torch.Tensor:
@@ -126,22 +106,7 @@ class RGPANoise(NoiseStrategy):
         w = to_latent_grid(w, tuple(ctx.lq_up.shape[-2:]), tuple(ctx.z_lq.shape[-2:]), self.patch_size)
         return w.to(ctx.z_lq.dtype)
 
-    def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
-        z = ctx.z_lq
-        if ctx.knob is None and ctx.training:
-            return torch.randint(self.t_min, self.t_max + 1, (z.shape[0],), generator=ctx.generator,
-                                 device=z.device, dtype=torch.long)
-        return self.full_timesteps(self.parse_knob(ctx.knob), z)
-
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
-        z = ctx.z_lq
+    def noise_weight(self, ctx: NoiseContext) -> torch.Tensor:
         weight = self.weight(ctx)
-        eps = torch.randn(z.shape, generator=ctx.generator, device=z.device, dtype=z.dtype)
-        eps_a = weight * eps
-        a = self.alpha_bar(t).to(z.dtype)[:, None, None, None]
-        ctx.extras.update(eps_a=eps_a, rgpa_weight=weight)
-        return a.sqrt() * z + (1.0 - a).sqrt() * eps_a
-
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
-        w = self.w(t).to(eps_hat.dtype)[:, None, None, None]
-        return ctx.z_lq + w * (ctx.extras["eps_a"] - eps_hat)
+        ctx.extras["rgpa_weight"] = weight
+        return weight
