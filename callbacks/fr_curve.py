@@ -55,6 +55,8 @@ class FidelityRealismCurve(Checked, L.Callback):
 
     Args:
         out_dir: folder for ``step<N>.csv/json/png`` and ``history.json``.
+        without_control: ``error`` (a model with no knob and no endpoints is refused at compose) or
+            ``skip`` (one warning, no curve; the default's setting, so ``noise=uniform`` still composes).
         latest: path stem (e.g. ``runs/default/curve``) where the newest curve's PNG and CSV are also copied.
         every_n_epochs: run at the first validation of every N-th epoch (None: every validation).
         knobs: knob values (parsed by the noise strategy); None: the strategy's default sweep
@@ -86,6 +88,7 @@ class FidelityRealismCurve(Checked, L.Callback):
         y_channel: bool = True,
         weights: MetricWeights | None = None,
         latest: str | Path | None = None,
+        without_control: str = "error",
     ) -> None:
         for key, name in (("fidelity", fidelity), ("realism", realism)):
             if name not in METRIC_NAMES:
@@ -99,6 +102,10 @@ class FidelityRealismCurve(Checked, L.Callback):
         if reference is not None and len(reference) != 2:
             raise ValueError(f"reference must be [fidelity, realism], got {reference}")
         self.out_dir = Path(out_dir)
+        if without_control not in ("error", "skip"):
+            raise ValueError(f"without_control must be 'error' or 'skip', got {without_control!r}")
+        self.without_control = without_control  # a model with no knob and no endpoints: refuse, or skip the curve
+        self.disabled = False
         self.latest = Path(latest) if latest is not None else None  # <latest>.{png,csv}: copies of the newest curve
         self.every_n_epochs = None if every_n_epochs is None else int(every_n_epochs)
         self.knobs, self.gammas = knobs, gammas
@@ -117,6 +124,8 @@ class FidelityRealismCurve(Checked, L.Callback):
     @classmethod
     def requires(cls, node, facts: RunFacts) -> str | None:
         if not facts.noise_has_knob and not facts.endpoints:
+            if node.get("without_control", "error") == "skip":
+                return None  # setup() says so in one line
             return ("callbacks.fr_curve sweeps a fidelity-realism control, and this model has none: use a noise "
                     "strategy with a knob (noise=rgpa or noise=ldg) or fidelity/realism endpoints (model.endpoints), "
                     "or leave the curve out (callbacks=default)")
@@ -131,9 +140,14 @@ class FidelityRealismCurve(Checked, L.Callback):
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Build the suite and parse the knobs now, so bad settings fail before training."""
-        if self.suite is not None:
+        if self.suite is not None or self.disabled:
             return
         generator = pl_module.generator
+        if self.without_control == "skip" and not generator.noise.has_knob and not generator.has_endpoints:
+            self.disabled = True
+            log.warning("fr_curve: this model has no fidelity-realism control (noise=%s, no endpoints): no curve "
+                        "is drawn", type(generator.noise).__name__)
+            return
         self.sweep = KnobSweep.for_generator(generator, self.knobs, self.gammas)
         self.suite = MetricSuite(self.metric_names, scale=generator.scale, **self.suite_kwargs).eval()
         for key in ("fidelity", "realism"):
@@ -156,6 +170,8 @@ class FidelityRealismCurve(Checked, L.Callback):
         self._last_epoch = trainer.current_epoch
         if self.suite is None:
             self.setup(trainer, pl_module, "validate")
+        if self.disabled:
+            return
         assert self.suite is not None and self.sweep is not None
         rows = self.measure(trainer, pl_module)
         points = self.sweep.points

@@ -139,7 +139,8 @@ def test_checkpoint_presets_and_monitor_checks(make_cfg):
         make_cfg("val=null")
     assert list(make_cfg("val=null", "checkpoint=last").checkpoint) == ["last"]
     with pytest.raises(ConfigError, match="noise=rgpa or noise=ldg"):
-        make_cfg("callbacks=fr_curve", "noise=uniform")  # noise=uniform has no knob to sweep
+        make_cfg("callbacks=fr_curve", "noise=uniform", "callbacks.fr_curve.without_control=error")  # no knob to sweep
+    assert make_cfg("callbacks=fr_curve", "noise=uniform").callbacks.fr_curve.without_control == "skip"  # the default
 
 
 def test_the_system_is_chosen_by_config(make_cfg, tmp_path):

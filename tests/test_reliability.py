@@ -373,7 +373,8 @@ def test_a_string_train_dirs_is_one_folder(tmp_path, make_cfg):
     (["val=null"], "needs validation metrics, but val is null"),
     (["model.gamma=1.5"], "model.gamma: 1.5 is outside"),
     (["tmg=comat", "model.tile_latent=8"], "model.tile_latent=8 splits it into tiles"),
-    (["callbacks=fr_curve"], "has none: use a noise strategy with a knob"),
+    (["callbacks=fr_curve", "callbacks.fr_curve.without_control=error"], "has none: use a noise strategy with a knob"),
+    (["checkpoint=hypervolume", "callbacks=fr_curve"], "needs a model with a fidelity-realism control"),
 ])
 def test_bad_config_is_one_line_at_compose(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -271,6 +271,11 @@ def _check_one_monitor(cfg: DictConfig, typed: Any, monitor: str) -> None:
                               "or keep only last.ckpt with checkpoint=last")
     if monitor == "curve/hypervolume" and "fr_curve" not in (cfg.get("callbacks") or {}):
         raise ConfigError("checkpoint monitor curve/hypervolume needs the curve callback: add callbacks=fr_curve")
+    if monitor == "curve/hypervolume":
+        facts = facts_of(cfg)
+        if not facts.noise_has_knob and not facts.endpoints:
+            raise ConfigError("checkpoint monitor curve/hypervolume needs a model with a fidelity-realism control: "
+                              "use noise=rgpa or noise=ldg, or model.endpoints")
 
 
 def _check_stages(cfg: DictConfig, typed: Any) -> None:
