@@ -5,7 +5,7 @@
     lit-sr-evaluate --sr-dir results/ours results/osediff --hq-dir HQ --metrics psnr ssim niqe
 
 One row per knob setting (or per SR folder), one column per metric with its direction arrow
-(PSNR↑ SSIM↑ LPIPS↓ DISTS↓ NIQE↓ MUSIQ↑ MANIQA↑ CLIPIQA↑). Metrics that cannot give calibrated
+(PSNR↑ SSIM↑ ColourShift↓ LPIPS↓ DISTS↓ NIQE↓ MUSIQ↑ MANIQA↑ CLIPIQA↑). Metrics that cannot give calibrated
 numbers here (weights or backend missing, or no HQ for a full-reference one) are left out and
 named once in a note line. The table is printed as Markdown and written with ``--out`` (Markdown)
 and ``--csv``.
