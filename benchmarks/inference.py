@@ -1,112 +1,376 @@
-"""One-step inference time and peak memory at 128 → 512 (×4).
+"""One-step inference at SD-2.1-base size on the CPU: what each speed option buys, and VAE tiling memory.
 
-* tiny backbone on CPU (always);
-* an SD-2.1-base-sized random-initialised backbone on a GPU, bf16 vs fp32 (skipped with a message
-  when no CUDA device is present; no weights are needed — the architecture is what costs).
+Parts (``--parts``, default all):
 
-Prints a table and writes JSON (``--out``). Quote ratios from one run; absolute times depend on
-the machine and its load.
+* ``tiny``: the tiny backbone, fp32, 128² → 512² (a smoke number; seconds);
+* ``speed``: an SD-2.1-base-sized generator built the project's way — a random-weight diffusers
+  folder from ``python -m lit_sr.make_backbone --arch sd21-base`` (cached under
+  ``$LIT_SR_CACHE/sd21-random-bench``, built on first use), loaded through ``backbone=sd21``,
+  ``experiment=osediff`` (LoRA rank 4 on the UNet and the VAE encoder, text conditioning) and
+  ``build_generator``, run by :class:`~lit_sr.pipeline.LitSRPipeline` (the code ``lit_sr.infer``
+  runs). The baseline is a naive diffusers-style path: fp32, unfused peft LoRA, diffusers'
+  default ``AttnProcessor`` (explicit softmax) on UNet and VAE, contiguous (NCHW) tensors, eager.
+  Each optimisation alone and all combined: SDPA (``AttnProcessor2_0``), fused LoRA
+  (``--fuse``), bf16 autocast (``--precision bf16``), channels-last (``--channels-last``),
+  ``torch.compile`` (``--compile inductor``; in a child process with a time limit, reported as
+  skipped when it does not finish). Median of ``--repeats`` after a warm-up, at ``--size`` LQ
+  (×4 output; default 64² → 256² to keep one CPU core's run short);
+* ``vae-fake``: peak memory of the SD-size VAE encoder + decoder (``OneStepSR.encode`` and
+  ``decode``, no gradient) at 512², 2048² and 4096² output, untiled vs tiled
+  (``vae_tile=512``, default overlap), traced with fake tensors (:mod:`lit_sr.model.tracing`;
+  live tensors, what ``torch.cuda.max_memory_allocated`` counts) in fp32 and under bf16 autocast;
+* ``vae-real``: the same with real tensors and the real-width VAE (random weights) at growing
+  sizes (``--real-sizes``, default 256², 512², 768²) with a smaller tile (``--real-tile``, 256,
+  overlap 64) so that tiling starts inside the range: the tiled peak stays flat, the untiled one
+  grows with the area.
+
+Prints tables and writes JSON (``--out``, default benchmarks/results/inference.json). Quote
+ratios from one run; absolute times depend on the machine and its load.
+
+    python benchmarks/inference.py [--parts tiny speed vae-fake vae-real] [--size 64] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS  # noqa: E402
-from lit_sr.model.backbone import Backbone, schedule_alphas_cumprod, tiny_backbone  # noqa: E402
-from lit_sr.model.conditioning.null import NullConditioner  # noqa: E402
-from lit_sr.model.generator import OneStepSR  # noqa: E402
-from lit_sr.model.noise.uniform import UniformNoise  # noqa: E402
-
-LORA = {"unet": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}
+MiB, GB = 2**20, 1e9
+PARTS = ("tiny", "speed", "vae-fake", "vae-real")
+SINGLE = ("sdpa", "fuse", "bf16", "channels_last", "compile")
+COMPILE_BACKEND = "inductor"  # gpu.py --dry-run: aot_eager (the same wrapping, no code generation)
 
 
-def sd21_backbone() -> Backbone:
-    """SD-2.1-base architecture (diffusers' published config) with random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from lit_sr.model.backbone import byte_level_clip_tokenizer
-
-    unet = UNet2DConditionModel(
-        sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-        block_out_channels=(320, 640, 1280, 1280),
-    )
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
-                        sample_size=768)
-    tok = byte_level_clip_tokenizer()
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096,
-                                      num_hidden_layers=2, num_attention_heads=16, projection_dim=1024,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id))
-    for m in (unet, vae, te):
-        m.requires_grad_(False).eval()
-    return Backbone(unet=unet, vae=vae, alphas_cumprod=schedule_alphas_cumprod(), text_encoder=te, tokenizer=tok,
-                    name="sd21-random")
+# ---------------------------------------------------------------------------------------- building
+def random_sd21_dir() -> Path:
+    """The cached random-weight SD-2.1-base folder (built once, ~1–2 min, ~3.9 GB)."""
+    cache = Path(os.environ.get("LIT_SR_CACHE", ROOT / ".cache" / "lit_sr"))
+    path = cache / "sd21-random-bench"
+    if not (path / "model_index.json").exists():
+        print(f"building the random SD-2.1-base folder {path} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "lit_sr.make_backbone", "--arch", "sd21-base", "--out", str(path),
+                        "--text-layers", "2"], check=True, cwd=ROOT)
+    return path
 
 
-def measure(generator: OneStepSR, device: torch.device, dtype: torch.dtype | None, repeats: int) -> dict:
-    lq = torch.rand(1, 3, 128, 128, device=device)
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+def sd21_pipeline():
+    """The osediff-preset generator on the random SD-2.1 folder, in a LitSRPipeline (fp32, CPU)."""
+    from lit_sr.config.build import build_generator
+    from lit_sr.config.compose import compose
+    from lit_sr.pipeline import LitSRPipeline
+
+    cfg = compose(["experiment=osediff", "backbone=sd21", f"backbone.path={random_sd21_dir()}"])
+    torch.manual_seed(0)
+    generator = build_generator(cfg, training=False)
+    return LitSRPipeline(generator, cfg, "cpu", "fp32")
+
+
+def set_attention(pipe, kind: str) -> None:
+    """``naive``: diffusers' default ``AttnProcessor`` (explicit softmax); ``sdpa``: ``AttnProcessor2_0``."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    for module in (pipe.generator.unet, pipe.generator.vae):
+        module.set_attn_processor(AttnProcessor() if kind == "naive" else AttnProcessor2_0())
+
+
+def set_fused(pipe, fused: bool) -> None:
+    adapters = pipe.generator.adapters
+    if fused and not adapters.fused["unet"]:
+        pipe.fuse()
+    elif not fused and adapters.fused["unet"]:
+        for layer in adapters._tuner_layers("unet"):
+            if getattr(layer, "merged", False):
+                layer.unmerge()
+        adapters.fused["unet"] = []
+
+
+def set_channels_last(pipe, on: bool) -> None:
+    fmt = torch.channels_last if on else torch.contiguous_format
+    for module in (pipe.generator.unet, pipe.generator.vae):
+        module.to(memory_format=fmt)
+
+
+def set_compiled(pipe, on: bool) -> None:
+    if on:
+        pipe.compile(COMPILE_BACKEND)
+        return
+    for module in (pipe.generator.unet, pipe.generator.vae.decoder):
+        module.__dict__.pop("forward", None)  # back to the class's forward
+
+
+def configure(pipe, opts: set[str]) -> None:
+    set_attention(pipe, "sdpa" if "sdpa" in opts else "naive")
+    set_fused(pipe, "fuse" in opts)
+    set_channels_last(pipe, "channels_last" in opts)
+    set_compiled(pipe, "compile" in opts)
+    pipe.dtype = torch.bfloat16 if "bf16" in opts else None
+
+
+def time_pipe(pipe, lq: torch.Tensor, repeats: int) -> dict:
+    t0 = time.perf_counter()
+    pipe.images(lq, seed=0)  # warm-up (and the compile, where compiled)
+    warm = time.perf_counter() - t0
     times = []
-    with torch.no_grad(), ctx:
-        generator(lq)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        pipe.images(lq, seed=0)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "times_s": times, "warmup_s": warm}
+
+
+def config_name(opts) -> str:
+    return "+".join(o for o in SINGLE if o in opts) or "naive"
+
+
+# ---------------------------------------------------------------------------------------- parts
+def part_tiny(repeats: int) -> dict:
+    from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS
+    from lit_sr.model.backbone import tiny_backbone
+    from lit_sr.model.conditioning.null import NullConditioner
+    from lit_sr.model.generator import OneStepSR
+    from lit_sr.model.noise.uniform import UniformNoise
+
+    lora = {"unet": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}
+    g = OneStepSR(tiny_backbone(), UniformNoise(), NullConditioner(), lora=lora).eval()
+    lq = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        g(lq)
+        times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            out = generator(lq)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            g(lq)
             times.append(time.perf_counter() - t0)
-    assert out.shape[-1] == 512
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"median_s": statistics.median(times), "peak_bytes": int(peak),
-            "peak_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS"}
+    return {"lq": 128, "out": 512, "median_s": statistics.median(times)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default="benchmarks/results/inference.json")
-    args = ap.parse_args()
-    results: dict = {}
-    cpu = torch.device("cpu")
-    g = OneStepSR(tiny_backbone(), UniformNoise(), NullConditioner(), lora=LORA).eval()
-    results["tiny_cpu_fp32"] = measure(g, cpu, None, args.repeats)
-    if torch.cuda.is_available():
-        dev = torch.device("cuda")
-        big = OneStepSR(sd21_backbone(), UniformNoise(), NullConditioner(), lora=LORA).eval().to(dev)
-        results["device"] = torch.cuda.get_device_name()
-        results["sd21_gpu_fp32"] = measure(big, dev, None, args.repeats)
-        results["sd21_gpu_bf16"] = measure(big, dev, torch.bfloat16, args.repeats)
-        r = results
-        r["bf16_vs_fp32_time_ratio"] = r["sd21_gpu_bf16"]["median_s"] / r["sd21_gpu_fp32"]["median_s"]
-        r["bf16_vs_fp32_memory_ratio"] = r["sd21_gpu_bf16"]["peak_bytes"] / r["sd21_gpu_fp32"]["peak_bytes"]
-    else:
-        print("no CUDA device: the SD-2.1-size GPU measurement (bf16 vs fp32) is skipped")
-    print(f"{'setting':<16} {'median s':>10} {'peak MiB':>10}  peak measured as")
-    for k, v in results.items():
-        if isinstance(v, dict):
-            print(f"{k:<16} {v['median_s']:>10.4f} {v['peak_bytes'] / 2**20:>10.1f}  {v['peak_kind']}")
-    for k in ("bf16_vs_fp32_time_ratio", "bf16_vs_fp32_memory_ratio"):
-        if k in results:
-            print(f"{k}: {results[k]:.3f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+def part_speed(size: int, repeats: int, compile_timeout: int) -> dict:
+    t0 = time.perf_counter()
+    pipe = sd21_pipeline()
+    load_s = time.perf_counter() - t0
+    lq = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    configs = [set(), *({o} for o in SINGLE if o != "compile"), set(SINGLE) - {"compile"}]
+    rows = {}
+    for opts in configs:
+        configure(pipe, opts)
+        rows[config_name(opts)] = time_pipe(pipe, lq, repeats)
+        print(f"  {config_name(opts):<34} {rows[config_name(opts)]['median_s']:8.2f} s", flush=True)
+    configure(pipe, set())
+    del pipe
+    compiled = (_compiled_rows(size, repeats, compile_timeout) if compile_timeout
+                else {"status": "skipped", "reason": "--no-compile"})
+    rows.update(compiled.get("rows", {}))
+    base = rows["naive"]["median_s"]
+    for r in rows.values():
+        r["speedup_vs_naive"] = base / r["median_s"]
+    return {"lq": size, "out": size * 4, "repeats": repeats, "load_s": load_s, "rows": rows,
+            "compile": {k: v for k, v in compiled.items() if k != "rows"}}
+
+
+def _compiled_rows(size: int, repeats: int, timeout: int) -> dict:
+    """torch.compile alone and all options combined, in a child process under a time limit."""
+    cmd = [sys.executable, __file__, "--compile-worker", "--size", str(size), "--repeats", str(repeats)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"status": "skipped", "reason": f"torch.compile (inductor) of the SD-2.1 UNet and VAE decoder did not "
+                f"finish within {timeout} s on this CPU (load + compile + timing; --compile-timeout)"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        err = (proc.stderr.strip().splitlines() or ["failed"])[-1][:300]
+        return {"status": "skipped", "reason": f"torch.compile failed: {err}"}
+    rows = json.loads(lines[-1])
+    for name, r in rows.items():
+        print(f"  {name:<34} {r['median_s']:8.2f} s  (warm-up incl. compile {r['warmup_s']:.0f} s)", flush=True)
+    return {"status": "ran", "child_s": time.perf_counter() - t0, "rows": rows}
+
+
+def compile_worker(size: int, repeats: int) -> dict:
+    pipe = sd21_pipeline()
+    lq = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    rows = {}
+    for opts in ({"compile"}, set(SINGLE)):
+        torch._dynamo.reset()
+        configure(pipe, opts)
+        rows[config_name(opts)] = time_pipe(pipe, lq, repeats)
+    return rows
+
+
+def _vae_generator(backbone, tile: int | None, overlap: int | None):
+    from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS
+    from lit_sr.model.conditioning.null import NullConditioner
+    from lit_sr.model.generator import OneStepSR
+    from lit_sr.model.noise.uniform import UniformNoise
+
+    kwargs = {"vae_tile": tile} if tile else {}
+    if overlap is not None:
+        kwargs["vae_tile_overlap"] = overlap
+    lora = {"unet": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}
+    return OneStepSR(backbone, UniformNoise(), NullConditioner(), lora=lora, **kwargs).eval()
+
+
+def _vae_peak(g, h: int, w: int, bf16: bool) -> int:
+    """Peak live bytes of encode(x) then decode(z) at an h × w output, without gradients."""
+    from lit_sr.model.tracing import PeakTracker
+
+    x = torch.rand(1, 3, h, w) * 2 - 1
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    tracker = PeakTracker()
+    with torch.no_grad(), cast, tracker:
+        z = g.encode(x)
+        g.decode(z)
+    return tracker.peak
+
+
+def part_vae_fake(sizes: list[tuple[int, int]], tile: int) -> dict:
+    from lit_sr.model.tracing import fake_mode, sd21_backbone
+
+    rows = []
+    t0 = time.perf_counter()
+    with fake_mode():
+        g = _vae_generator(sd21_backbone(torch.float32, text_layers=1), None, None)
+        overlap = g.vae_tile_overlap
+        for h, w in sizes:
+            for bf16 in (False, True):
+                row = {"h": h, "w": w, "precision": "bf16-autocast" if bf16 else "fp32"}
+                for name, vae_tile in (("untiled", None), ("tiled", tile)):
+                    g.vae_tile = vae_tile
+                    row[f"{name}_peak_bytes"] = _vae_peak(g, h, w, bf16)
+                rows.append(row)
+                print(f"  {w}x{h} {row['precision']:<13} untiled {row['untiled_peak_bytes'] / GB:7.2f} GB  "
+                      f"tiled {row['tiled_peak_bytes'] / GB:6.2f} GB", flush=True)
+    return {"vae_tile": tile, "vae_tile_overlap": overlap, "rows": rows, "trace_s": time.perf_counter() - t0,
+            "what": "live bytes of activations during OneStepSR.encode + decode (no gradient), "
+                    "weights not included"}
+
+
+def part_vae_real(sizes: list[int], tile: int, overlap: int) -> dict:
+    from diffusers import AutoencoderKL
+
+    from lit_sr.model.backbone import Backbone, schedule_alphas_cumprod, tiny_backbone
+    from lit_sr.model.random_backbone import SD21_VAE
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**SD21_VAE).requires_grad_(False).eval()
+    tiny = tiny_backbone()  # its small UNet and text tower: only the VAE runs here
+    bb = Backbone(unet=tiny.unet, vae=vae, alphas_cumprod=schedule_alphas_cumprod(), text_encoder=tiny.text_encoder,
+                  tokenizer=tiny.tokenizer, name="sd21-vae")
+    g = _vae_generator(bb, None, overlap)
+    rows = []
+    for s in sizes:
+        row = {"size": s}
+        for name, vae_tile in (("untiled", None), ("tiled", tile)):
+            g.vae_tile = vae_tile
+            t0 = time.perf_counter()
+            row[f"{name}_peak_bytes"] = _vae_peak(g, s, s, False)
+            row[f"{name}_s"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"  {s}x{s} untiled {row['untiled_peak_bytes'] / MiB:8.0f} MiB  tiled {row['tiled_peak_bytes'] / MiB:6.0f}"
+              f" MiB", flush=True)
+    return {"vae_tile": tile, "vae_tile_overlap": overlap, "precision": "fp32", "rows": rows,
+            "what": "PeakTracker over real tensors: live bytes allocated during encode + decode"}
+
+
+# ---------------------------------------------------------------------------------------- tables
+def tables(results: dict) -> str:
+    out = []
+    if "tiny" in results:
+        t = results["tiny"]
+        out.append(f"tiny backbone, fp32, {t['lq']}² → {t['out']}²: {t['median_s']:.3f} s median")
+    if "speed" in results:
+        s = results["speed"]
+        out += [f"\nSD-2.1-base size, CPU ({s['threads']} threads), {s['lq']}² LQ → {s['out']}², median of "
+                f"{s['repeats']} after a warm-up; ratio = naive time / this time",
+                "| configuration | median s | speed-up vs naive |", "|---|---:|---:|"]
+        for name, r in s["rows"].items():
+            out.append(f"| {name} | {r['median_s']:.2f} | {r['speedup_vs_naive']:.2f}× |")
+        if s["compile"].get("status") == "skipped":
+            out.append(f"torch.compile: skipped — {s['compile']['reason']}")
+    if "vae_fake" in results:
+        v = results["vae_fake"]
+        out += [f"\nSD-2.1 VAE encode + decode peak (fake tensors, activations only), untiled vs tiled "
+                f"(vae_tile={v['vae_tile']}, overlap {v['vae_tile_overlap']})",
+                "| output | precision | untiled GB | tiled GB | tiled/untiled |", "|---|---|---:|---:|---:|"]
+        for r in v["rows"]:
+            out.append(f"| {r['w']}×{r['h']} | {r['precision']} | {r['untiled_peak_bytes'] / GB:.2f} | "
+                       f"{r['tiled_peak_bytes'] / GB:.2f} | {r['tiled_peak_bytes'] / r['untiled_peak_bytes']:.3f} |")
+    if "vae_real" in results:
+        v = results["vae_real"]
+        out += [f"\nreal-width VAE, real tensors, fp32 (vae_tile={v['vae_tile']}, overlap {v['vae_tile_overlap']})",
+                "| output | untiled MiB | tiled MiB | untiled s | tiled s |", "|---|---:|---:|---:|---:|"]
+        for r in v["rows"]:
+            out.append(f"| {r['size']}² | {r['untiled_peak_bytes'] / MiB:.0f} | {r['tiled_peak_bytes'] / MiB:.0f} | "
+                       f"{r['untiled_s']:.1f} | {r['tiled_s']:.1f} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--size", type=int, default=64, help="LQ size of the speed part (output ×4)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile-timeout", type=int, default=300, help="seconds for the torch.compile child")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--vae-tile", type=int, default=512, help="vae_tile of the fake-tensor VAE part")
+    ap.add_argument("--real-sizes", nargs="+", type=int, default=[256, 512, 768])
+    ap.add_argument("--real-tile", type=int, default=256)
+    ap.add_argument("--real-overlap", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "inference.json"))
+    ap.add_argument("--merge", action="store_true", help="keep the other parts of an existing --out file")
+    ap.add_argument("--compile-worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("LIT_SR_CACHE", str(ROOT / ".cache" / "lit_sr"))
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    if args.compile_worker:
+        print(json.dumps(compile_worker(args.size, args.repeats)))
+        return 0
+    results: dict = {"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                              "machine": platform.processor() or platform.machine(),
+                              "loadavg_before": os.getloadavg()}}
+    out = Path(args.out)
+    if args.merge and out.exists():  # keep the parts of an earlier run that are not rerun now
+        results = {**json.loads(out.read_text()), "meta": results["meta"]}
+    t_all = time.perf_counter()
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**results, "tables": tables(results)}, indent=2))
+
+    if "tiny" in args.parts:
+        results["tiny"] = part_tiny(args.repeats)
+        save()
+    if "speed" in args.parts:
+        print("speed (SD-2.1-base size):", flush=True)
+        results["speed"] = part_speed(args.size, args.repeats, 0 if args.no_compile else args.compile_timeout)
+        results["speed"]["threads"] = torch.get_num_threads()
+        save()
+    if "vae-fake" in args.parts:
+        print("VAE peak, fake tensors:", flush=True)
+        results["vae_fake"] = part_vae_fake([(512, 512), (2048, 2048), (2160, 3840), (4096, 4096)], args.vae_tile)
+        save()
+    if "vae-real" in args.parts:
+        print("VAE peak, real tensors:", flush=True)
+        results["vae_real"] = part_vae_real(args.real_sizes, args.real_tile, args.real_overlap)
+    results["meta"]["total_s"] = time.perf_counter() - t_all
+    results["meta"]["loadavg_after"] = os.getloadavg()
+    save()
+    print("\n" + tables(results))
+    print(f"wrote {out} ({results['meta']['total_s']:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
