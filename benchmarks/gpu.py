@@ -29,7 +29,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -63,17 +62,10 @@ def _peak(device: torch.device) -> int | None:
 
 
 def random_sd21_dir() -> Path:
-    cache = Path(os.environ.get("LIT_SR_CACHE", ROOT / ".cache" / "lit_sr"))
-    path = cache / "sd21-random-gpu"
-    if not (path / "model_index.json").exists() or not (path / "image_encoder").exists():
-        print(f"building the random SD-2.1-base folder {path} (once)", flush=True)
-        if path.exists():
-            import shutil
+    """Full-depth text tower and the ViT-H image encoder (rcod): the resident memory of a real run."""
+    from inference import random_sd21_dir as cached
 
-            shutil.rmtree(path)
-        subprocess.run([sys.executable, "-m", "lit_sr.make_backbone", "--arch", "sd21-base", "--out", str(path),
-                        "--with-image-encoder"], check=True, cwd=ROOT)
-    return path
+    return cached("sd21-random-gpu", "--with-image-encoder", expect="image_encoder")
 
 
 def backbone_overrides(dry: bool, preset: str = "osediff") -> list[str]:

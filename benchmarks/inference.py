@@ -54,14 +54,23 @@ COMPILE_BACKEND = "inductor"  # gpu.py --dry-run: aot_eager (the same wrapping, 
 
 
 # ---------------------------------------------------------------------------------------- building
-def random_sd21_dir() -> Path:
-    """The cached random-weight SD-2.1-base folder (built once, ~1–2 min, ~3.9 GB)."""
+def random_sd21_dir(name: str = "sd21-random-bench", *flags: str, expect: str = "model_index.json") -> Path:
+    """A cached random-weight SD-2.1-base folder (``make_backbone`` with ``flags``; built once, ~1–2 min).
+
+    Default: 2-layer text tower (``--text-layers 2``, ~3.9 GB), enough for inference timing.
+    ``expect``: a path inside the folder that must exist (else it is rebuilt, e.g. ``image_encoder``).
+    """
+    flags = flags or ("--text-layers", "2")
     cache = Path(os.environ.get("LIT_SR_CACHE", ROOT / ".cache" / "lit_sr"))
-    path = cache / "sd21-random-bench"
-    if not (path / "model_index.json").exists():
+    path = cache / name
+    if not (path / "model_index.json").exists() or not (path / expect).exists():
         print(f"building the random SD-2.1-base folder {path} (once)", flush=True)
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
         subprocess.run([sys.executable, "-m", "lit_sr.make_backbone", "--arch", "sd21-base", "--out", str(path),
-                        "--text-layers", "2"], check=True, cwd=ROOT)
+                        *flags], check=True, cwd=ROOT)
     return path
 
 
@@ -90,10 +99,7 @@ def set_fused(pipe, fused: bool) -> None:
     if fused and not adapters.fused["unet"]:
         pipe.fuse()
     elif not fused and adapters.fused["unet"]:
-        for layer in adapters._tuner_layers("unet"):
-            if getattr(layer, "merged", False):
-                layer.unmerge()
-        adapters.fused["unet"] = []
+        adapters.unfuse("unet")
 
 
 def set_channels_last(pipe, on: bool) -> None:

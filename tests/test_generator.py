@@ -1,6 +1,7 @@
 """Generator properties: the one-step formula, LoRA trainability, tiling, odd sizes."""
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import DDPMScheduler
 
@@ -96,3 +97,21 @@ def test_switching_adapters_keeps_trainability(make_cfg, tiny_bb):
         pass
     after = {n for n, p in g.named_parameters() if p.requires_grad}
     assert before and before == after
+
+
+def test_unfuse_restores_the_pretrained_weights_and_switching(make_cfg, tiny_bb):
+    g = build_generator(make_cfg(), tiny_bb).eval()
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)
+    base = {n: p.detach().clone() for n, p in g.unet.named_parameters() if "base_layer" in n}
+    g.adapters.fuse("unet")
+    assert any(not torch.equal(p, base[n]) for n, p in g.unet.named_parameters() if n in base)
+    with pytest.raises(ValueError, match="fused into the base weights"):
+        g.adapters.activate(unet=[])
+    g.adapters.unfuse("unet")
+    for n, p in g.unet.named_parameters():
+        if n in base:
+            torch.testing.assert_close(p, base[n])
+    g.adapters.activate(unet=[])  # switchable again

@@ -139,6 +139,13 @@ class AdapterSet:
                 layer.merge(adapter_names=present)
         self.fused[part] = names
 
+    def unfuse(self, part: str) -> None:
+        """Undo :meth:`fuse`: the base weights of ``part`` are the pretrained ones again, adapters switchable."""
+        for layer in self._tuner_layers(part):
+            if getattr(layer, "merged", False):
+                layer.unmerge()
+        self.fused[part] = []
+
     # ------------------------------------------------------------------ switching
     def activate(self, unet: Sequence[str] | None = None, vae: Sequence[str] | None = None) -> None:
         """Make exactly these adapters active (``[]``: base weights only; ``None``: leave that part)."""
