@@ -23,7 +23,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lit_sr.cli import run_main
 from lit_sr.errors import LitSRError
@@ -202,9 +201,7 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
             with autocast:
                 outputs = sweep.run(generator, lq, {"name": [item["name"]]})
             if args.baseline:
-                size = (lq.shape[-2] * scale, lq.shape[-1] * scale)
-                bicubic = F.interpolate(lq.float(), size=size, mode="bicubic", align_corners=False)
-                scores.add(0, bicubic.clamp(0, 1), hq, item["name"])
+                scores.add(0, generator.upsample(lq.float()), hq, item["name"])
             for i, sr in enumerate(outputs):
                 scores.add(first + i, sr.float(), hq, item["name"])
             count += 1

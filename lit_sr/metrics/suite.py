@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from lit_sr.metrics.base import MetricUnavailable, PerImageMetric, warn_once
+from lit_sr.metrics.colour_shift import ColourShift
 from lit_sr.metrics.dists import DISTSMetric
 from lit_sr.metrics.lpips import LPIPSMetric
 from lit_sr.metrics.niqe import NIQE
-from lit_sr.metrics.psnr import PSNR, ColourShift
+from lit_sr.metrics.psnr import PSNR
 from lit_sr.metrics.pyiqa_metrics import PyiqaMetric
 from lit_sr.metrics.ssim import SSIM
 

@@ -31,7 +31,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.model.adapters import only_trainable, train_only
@@ -355,9 +354,7 @@ class SRSystem(L.LightningModule):
         if self.val_metrics is not None:
             self.val_metrics.update(sr.float(), batch["hq"].float())
         if self.val_baseline is not None:  # the floor every SR model must clear
-            hq = batch["hq"].float()
-            bicubic = F.interpolate(batch["lq"].float(), size=hq.shape[-2:], mode="bicubic", align_corners=False)
-            self.val_baseline.update(bicubic.clamp(0, 1), hq)
+            self.val_baseline.update(g.upsample(batch["lq"].float()), batch["hq"].float())  # the model's own input
         return {"sr": sr.detach()}
 
     def on_validation_epoch_end(self) -> None:
