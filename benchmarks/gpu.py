@@ -1,8 +1,11 @@
 """Every GPU measurement in one run (about 8 minutes on one H100), written to one JSON file.
 
-1. ``inference``: one-step SR at SD-2.1-base size, 128² LQ → 512², through the project's loading
-   path (random-weight SD-2.1 folder from ``lit_sr.make_backbone``, ``experiment=osediff``,
-   ``build_generator``, :class:`~lit_sr.pipeline.LitSRPipeline`): the naive diffusers-style path
+Both backbone families are measured (``--families sd21 sd35``): SD-2.1-base (UNet, ε) from a
+random-weight folder, and SD3.5-medium (MM-DiT, flow matching; 24 blocks, CLIP-L + CLIP-G, no T5)
+built in memory from its published configuration (:func:`lit_sr.model.tracing.sd3_backbone`).
+
+1. ``inference``: one-step SR, 128² LQ → 512², through the project's loading path
+   (``experiment=osediff``, ``build_generator``, :class:`~lit_sr.pipeline.LitSRPipeline`): the naive diffusers-style path
    (fp32, unfused peft LoRA, ``AttnProcessor``, NCHW, eager) against bf16 + SDPA + fused LoRA +
    channels-last, eager and ``torch.compile``-d. Median of ``--repeats`` after a warm-up;
    ``torch.cuda.max_memory_allocated`` of each;
@@ -17,10 +20,10 @@
 The random SD-2.1 folder (published depths: 23-layer text tower, ViT-H image encoder for rcod)
 is built on first use under ``$LIT_SR_CACHE/sd21-random-gpu`` (about 1–2 minutes).
 
-``--dry-run``: the same code paths on the CPU at tiny sizes (tiny backbone, 32² LQ, batch 1 and
-2, one or two iterations) to prove that every part starts; the numbers mean nothing.
+``--dry-run``: the same code paths on the CPU at tiny sizes (the tiny backbones of both families,
+32² LQ, batch 1 and 2, one or two iterations) to prove that every part starts; the numbers mean nothing.
 
-    python benchmarks/gpu.py [--parts inference train degradation] [--out benchmarks/results/gpu.json]
+    python benchmarks/gpu.py [--parts inference train degradation] [--families sd21 sd35] [--out FILE]
     python benchmarks/gpu.py --dry-run
 """
 from __future__ import annotations
@@ -42,6 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PRESETS = ("osediff", "codsr", "rcod", "ifcsr")
 PARTS = ("inference", "train", "degradation")
+FAMILIES = ("sd21", "sd35")
 GB = 1e9
 
 
@@ -68,9 +72,10 @@ def random_sd21_dir() -> Path:
     return cached("sd21-random-gpu", "--with-image-encoder", expect="image_encoder")
 
 
-def backbone_overrides(dry: bool, preset: str = "osediff") -> list[str]:
-    if dry:  # the default tiny backbone
-        return ["backbone.vision_encoder=true"] if preset == "rcod" else []
+def backbone_overrides(dry: bool, preset: str = "osediff", family: str = "sd21") -> list[str]:
+    if dry or family == "sd35":  # the tiny backbone of the family (sd35: its config; the backbone is built in memory)
+        return [*(["backbone=tiny_sd3"] if family == "sd35" else []),
+                *(["backbone.vision_encoder=true"] if preset == "rcod" else [])]
     path = random_sd21_dir()
     out = ["backbone=sd21", f"backbone.path={path}"]
     if preset == "rcod":
@@ -78,8 +83,18 @@ def backbone_overrides(dry: bool, preset: str = "osediff") -> list[str]:
     return out
 
 
+def in_memory_backbone(family: str, dry: bool, preset: str = "osediff", dtype: torch.dtype = torch.float32):
+    """SD3.5-medium at its published size, random weights (no folder: 10 GB in fp32); None otherwise."""
+    if dry or family != "sd35":
+        return None
+    from lit_sr.model.tracing import sd3_backbone
+
+    torch.manual_seed(0)
+    return sd3_backbone(dtype, vision=preset == "rcod")
+
+
 # ---------------------------------------------------------------------------------------- inference
-def part_inference(device: torch.device, dry: bool, repeats: int) -> dict:
+def part_inference(device: torch.device, dry: bool, repeats: int, family: str = "sd21") -> dict:
     import inference
     from inference import config_name, configure, time_pipe
 
@@ -89,9 +104,9 @@ def part_inference(device: torch.device, dry: bool, repeats: int) -> dict:
 
     lq_size = 32 if dry else 128
     inference.COMPILE_BACKEND = "aot_eager" if dry else "inductor"  # dry run: dynamo's wrapping, no codegen
-    cfg = compose(["experiment=osediff", *backbone_overrides(dry)])
+    cfg = compose([*backbone_overrides(dry, family=family), "experiment=osediff"])
     torch.manual_seed(0)
-    pipe = LitSRPipeline(build_generator(cfg, training=False), cfg, device, "fp32")
+    pipe = LitSRPipeline(build_generator(cfg, in_memory_backbone(family, dry), training=False), cfg, device, "fp32")
     lq = torch.rand(1, 3, lq_size, lq_size, generator=torch.Generator().manual_seed(0))
     eager = {"sdpa", "fuse", "bf16", "channels_last"}
     rows = {}
@@ -120,26 +135,28 @@ def part_inference(device: torch.device, dry: bool, repeats: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- training
-def _train_cfg(preset: str, batch: int, size: int, dry: bool):
+def _train_cfg(preset: str, batch: int, size: int, dry: bool, family: str = "sd21"):
     from lit_sr.config.compose import compose
 
-    return compose([f"experiment={preset}", "model.gradient_checkpointing=true", f"data.batch_size={batch}",
-                    f"data.crop_size={size}", "val=null", "checkpoint=last", "backbone.dtype=bf16",
-                    "trainer.precision=bf16-mixed", *backbone_overrides(dry, preset)])
+    return compose([*backbone_overrides(dry, preset, family), f"experiment={preset}", "model.gradient_checkpointing=true",
+                    f"data.batch_size={batch}", f"data.crop_size={size}", "val=null", "checkpoint=last",
+                    "backbone.dtype=bf16", "trainer.precision=bf16-mixed"])
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def measure_train(preset: str, batches: list[int], size: int, steps: int, device: torch.device, dry: bool) -> list:
+def measure_train(preset: str, batches: list[int], size: int, steps: int, device: torch.device, dry: bool,
+                  family: str = "sd21") -> list:
     """One system per preset (the batch size only changes the data), every stage at every batch size."""
     from train_step import _batch, _step
 
     from lit_sr.config.systems import build_system
 
     torch.manual_seed(0)
-    system = build_system(_train_cfg(preset, max(batches), size, dry))
+    system = build_system(_train_cfg(preset, max(batches), size, dry, family),
+                          backbone=in_memory_backbone(family, dry, preset, torch.bfloat16))
     noise = system.generator.noise
     if hasattr(noise, "apply_calibration"):
         noise.apply_calibration({"m_min": 0.3, "m_max": 0.9})  # LDG: no data pass here
@@ -181,12 +198,12 @@ def measure_train(preset: str, batches: list[int], size: int, steps: int, device
     return rows
 
 
-def part_train(device: torch.device, dry: bool, presets: list[str], batches: list[int]) -> dict:
+def part_train(device: torch.device, dry: bool, presets: list[str], batches: list[int], family: str = "sd21") -> dict:
     size, steps = (64, 1) if dry else (512, 5)
     rows = []
     for preset in presets:
         try:
-            got = measure_train(preset, batches, size, steps, device, dry)
+            got = measure_train(preset, batches, size, steps, device, dry, family)
         except Exception as exc:  # noqa: BLE001 - report it and go on with the next preset
             traceback.print_exc()
             got = [{"preset": preset, "batch": b, "error": f"{type(exc).__name__}: {str(exc)[:300]}"} for b in batches]
@@ -215,9 +232,10 @@ def part_degradation(device: torch.device, dry: bool) -> dict:
 # ---------------------------------------------------------------------------------------- main
 def tables(res: dict) -> str:
     out = []
-    if "inference" in res and "rows" in res["inference"]:
-        inf = res["inference"]
-        out += [f"inference {inf['lq']}² → {inf['out']}² ({res['device']})",
+    for family, inf in res.get("inference", {}).items():
+        if not isinstance(inf, dict) or "rows" not in inf:
+            continue
+        out += [f"inference {family} {inf['lq']}² → {inf['out']}² ({res['device']})",
                 "| configuration | median ms | speed-up | peak GB |", "|---|---:|---:|---:|"]
         for name, r in inf["rows"].items():
             if "error" in r:
@@ -225,10 +243,12 @@ def tables(res: dict) -> str:
             else:
                 peak = "" if r.get("peak_bytes") is None else f"{r['peak_bytes'] / GB:.2f}"
                 out.append(f"| {name} | {r['median_s'] * 1e3:.1f} | {r.get('speedup_vs_naive', 0):.2f}× | {peak} |")
-    if "train" in res and "rows" in res["train"]:
-        out += [f"\ntraining step, bf16 + gradient checkpointing, {res['train']['size']}² crops",
+    for family, train in res.get("train", {}).items():
+        if not isinstance(train, dict) or "rows" not in train:
+            continue
+        out += [f"\ntraining step {family}, bf16 + gradient checkpointing, {train['size']}² crops",
                 "| preset | batch | peak GB (largest stage) | steps/s (slowest stage) |", "|---|---:|---:|---:|"]
-        for r in res["train"]["rows"]:
+        for r in train["rows"]:
             if "error" in r:
                 out.append(f"| {r['preset']} | {r['batch']} | error: {r['error'][:120]} | |")
             else:
@@ -245,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS))
+    ap.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     ap.add_argument("--batches", nargs="+", type=int, default=None, help="default 1 4 (dry run: 1 2)")
     ap.add_argument("--repeats", type=int, default=None, help="inference repeats (default 10, dry run 1)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny backbone and sizes: every code path starts")
@@ -264,21 +285,35 @@ def main(argv: list[str] | None = None) -> int:
                  "torch": torch.__version__}
     t_all = time.perf_counter()
     failed = False
-    steps = {"inference": lambda: part_inference(device, dry, repeats),
-             "train": lambda: part_train(device, dry, args.presets, batches),
-             "degradation": lambda: part_degradation(device, dry)}
+    steps = {"inference": lambda fam: part_inference(device, dry, repeats, fam),
+             "train": lambda fam: part_train(device, dry, args.presets, batches, fam)}
     for part in args.parts:
         print(f"{part}:", flush=True)
         t0 = time.perf_counter()
-        try:
-            res[part] = steps[part]()
-        except Exception as exc:  # noqa: BLE001 - the other parts still run
-            traceback.print_exc()
-            res[part] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-            failed = True
-        res[part]["part_s"] = time.perf_counter() - t0
-    failed |= any("error" in r for r in res.get("train", {}).get("rows", []))
-    failed |= any("error" in r for r in res.get("inference", {}).get("rows", {}).values())
+        if part == "degradation":  # the data path: the same for every family
+            try:
+                res[part] = part_degradation(device, dry)
+            except Exception as exc:  # noqa: BLE001 - the other parts still run
+                traceback.print_exc()
+                res[part] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                failed = True
+            res[part]["part_s"] = time.perf_counter() - t0
+            continue
+        res[part] = {}
+        for family in args.families:
+            print(f" {family}:", flush=True)
+            t1 = time.perf_counter()
+            try:
+                res[part][family] = steps[part](family)
+            except Exception as exc:  # noqa: BLE001 - the other parts still run
+                traceback.print_exc()
+                res[part][family] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                failed = True
+            res[part][family]["part_s"] = time.perf_counter() - t1
+    for family_rows in res.get("train", {}).values():
+        failed |= any("error" in r for r in family_rows.get("rows", []))
+    for family_rows in res.get("inference", {}).values():
+        failed |= any("error" in r for r in family_rows.get("rows", {}).values())
     res["total_s"] = time.perf_counter() - t_all
     res["tables"] = tables(res)
     print("\n" + res["tables"])

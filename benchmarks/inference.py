@@ -15,6 +15,11 @@ Parts (``--parts``, default all):
   ``torch.compile`` (``--compile inductor``; in a child process with a time limit, reported as
   skipped when it does not finish). Median of ``--repeats`` after a warm-up, at ``--size`` LQ
   (×4 output; default 64² → 256² to keep one CPU core's run short);
+* ``speed-sd35``: the same options on an SD3.5-medium-shaped generator (MM-DiT at its published
+  width with ``--sd35-layers`` of its 24 blocks, 16-channel VAE, CLIP-L + CLIP-G at 2 layers;
+  random weights built in memory), ``backbone=tiny_sd3``'s config with ``experiment=osediff``.
+  Its naive baseline keeps diffusers' joint-attention processor (SDPA; diffusers has no
+  explicit-softmax one for joint attention), so the SDPA row is left out;
 * ``vae-fake``: peak memory of the SD-size VAE encoder + decoder (``OneStepSR.encode`` and
   ``decode``, no gradient) at 512², 2048² and 4096² output, untiled vs tiled
   (``vae_tile=512``, default overlap), traced with fake tensors (:mod:`lit_sr.model.tracing`;
@@ -48,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MiB, GB = 2**20, 1e9
-PARTS = ("tiny", "speed", "vae-fake", "vae-real")
+PARTS = ("tiny", "speed", "speed-sd35", "vae-fake", "vae-real")
 SINGLE = ("sdpa", "fuse", "bf16", "channels_last", "compile")
 COMPILE_BACKEND = "inductor"  # gpu.py --dry-run: aot_eager (the same wrapping, no code generation)
 
@@ -87,24 +92,28 @@ def sd21_pipeline():
 
 
 def set_attention(pipe, kind: str) -> None:
-    """``naive``: diffusers' default ``AttnProcessor`` (explicit softmax); ``sdpa``: ``AttnProcessor2_0``."""
+    """``naive``: diffusers' default ``AttnProcessor`` (explicit softmax); ``sdpa``: ``AttnProcessor2_0``.
+    An MM-DiT keeps its joint-attention processor (only its VAE switches)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    for module in (pipe.generator.unet, pipe.generator.vae):
+    modules = [pipe.generator.vae.net]
+    if pipe.generator.denoiser.family == "unet":
+        modules.append(pipe.generator.denoiser.net)
+    for module in modules:
         module.set_attn_processor(AttnProcessor() if kind == "naive" else AttnProcessor2_0())
 
 
 def set_fused(pipe, fused: bool) -> None:
     adapters = pipe.generator.adapters
-    if fused and not adapters.fused["unet"]:
+    if fused and not adapters.fused["denoiser"]:
         pipe.fuse()
-    elif not fused and adapters.fused["unet"]:
-        adapters.unfuse("unet")
+    elif not fused and adapters.fused["denoiser"]:
+        adapters.unfuse("denoiser")
 
 
 def set_channels_last(pipe, on: bool) -> None:
     fmt = torch.channels_last if on else torch.contiguous_format
-    for module in (pipe.generator.unet, pipe.generator.vae):
+    for module in (pipe.generator.denoiser, pipe.generator.vae):
         module.to(memory_format=fmt)
 
 
@@ -112,7 +121,7 @@ def set_compiled(pipe, on: bool) -> None:
     if on:
         pipe.compile(COMPILE_BACKEND)
         return
-    for module in (pipe.generator.unet, pipe.generator.vae.decoder):
+    for module in (pipe.generator.denoiser.net, pipe.generator.vae.decoder):
         module.__dict__.pop("forward", None)  # back to the class's forward
 
 
@@ -143,13 +152,13 @@ def config_name(opts) -> str:
 # ---------------------------------------------------------------------------------------- parts
 def part_tiny(repeats: int) -> dict:
     from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS
-    from lit_sr.model.backbone import tiny_backbone
     from lit_sr.model.conditioning.null import NullConditioner
+    from lit_sr.model.families.sd import tiny_sd
     from lit_sr.model.generator import OneStepSR
     from lit_sr.model.noise.uniform import UniformNoise
 
-    lora = {"unet": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}
-    g = OneStepSR(tiny_backbone(), UniformNoise(), NullConditioner(), lora=lora).eval()
+    lora = {"denoiser": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}
+    g = OneStepSR(tiny_sd(), UniformNoise(), NullConditioner(), lora=lora).eval()
     lq = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         g(lq)
@@ -159,6 +168,37 @@ def part_tiny(repeats: int) -> dict:
             g(lq)
             times.append(time.perf_counter() - t0)
     return {"lq": 128, "out": 512, "median_s": statistics.median(times)}
+
+
+def sd35_pipeline(layers: int):
+    """The osediff-preset generator on an in-memory SD3.5-medium-shaped backbone (fp32, CPU)."""
+    from lit_sr.config.build import build_generator
+    from lit_sr.config.compose import compose
+    from lit_sr.model.tracing import sd3_backbone
+    from lit_sr.pipeline import LitSRPipeline
+
+    cfg = compose(["backbone=tiny_sd3", "experiment=osediff"])  # the MM-DiT family's LoRA lists
+    torch.manual_seed(0)
+    bb = sd3_backbone(torch.float32, layers=layers, text_layers=2)
+    return LitSRPipeline(build_generator(cfg, bb, training=False), cfg, "cpu", "fp32")
+
+
+def part_speed_sd35(size: int, repeats: int, layers: int) -> dict:
+    t0 = time.perf_counter()
+    pipe = sd35_pipeline(layers)
+    load_s = time.perf_counter() - t0
+    lq = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    single = [o for o in SINGLE if o not in ("compile", "sdpa")]
+    rows = {}
+    for opts in [set(), *({o} for o in single), set(single)]:
+        configure(pipe, opts | {"sdpa"})  # the joint attention is SDPA in every row; the VAE's too
+        name = "+".join(o for o in single if o in opts) or "naive"
+        rows[name] = time_pipe(pipe, lq, repeats)
+        print(f"  {name:<34} {rows[name]['median_s']:8.2f} s", flush=True)
+    base = rows["naive"]["median_s"]
+    for r in rows.values():
+        r["speedup_vs_naive"] = base / r["median_s"]
+    return {"lq": size, "out": size * 4, "repeats": repeats, "load_s": load_s, "layers": layers, "rows": rows}
 
 
 def part_speed(size: int, repeats: int, compile_timeout: int) -> dict:
@@ -223,7 +263,7 @@ def _vae_generator(backbone, tile: int | None, overlap: int | None):
     kwargs = {"vae_tile": tile} if tile else {}
     if overlap is not None:
         kwargs["vae_tile_overlap"] = overlap
-    lora = {"unet": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}
+    lora = {"denoiser": {"main": {"rank": 4}}, "vae": {"main": {"rank": 4, "target_modules": OSEDIFF_VAE_TARGETS}}}
     return OneStepSR(backbone, UniformNoise(), NullConditioner(), lora=lora, **kwargs).eval()
 
 
@@ -265,14 +305,14 @@ def part_vae_fake(sizes: list[tuple[int, int]], tile: int) -> dict:
 def part_vae_real(sizes: list[int], tile: int, overlap: int) -> dict:
     from diffusers import AutoencoderKL
 
-    from lit_sr.model.backbone import Backbone, schedule_alphas_cumprod, tiny_backbone
+    from lit_sr.model.autoencoder import Autoencoder
+    from lit_sr.model.families.sd import tiny_sd
     from lit_sr.model.random_backbone import SD21_VAE
 
     torch.manual_seed(0)
     vae = AutoencoderKL(**SD21_VAE).requires_grad_(False).eval()
-    tiny = tiny_backbone()  # its small UNet and text tower: only the VAE runs here
-    bb = Backbone(unet=tiny.unet, vae=vae, alphas_cumprod=schedule_alphas_cumprod(), text_encoder=tiny.text_encoder,
-                  tokenizer=tiny.tokenizer, name="sd21-vae")
+    bb = tiny_sd()  # its small UNet and text tower: only the VAE runs here
+    bb.autoencoder = Autoencoder(vae)
     g = _vae_generator(bb, None, overlap)
     rows = []
     for s in sizes:
@@ -304,6 +344,13 @@ def tables(results: dict) -> str:
             out.append(f"| {name} | {r['median_s']:.2f} | {r['speedup_vs_naive']:.2f}× |")
         if s["compile"].get("status") == "skipped":
             out.append(f"torch.compile: skipped — {s['compile']['reason']}")
+    if "speed_sd35" in results:
+        s = results["speed_sd35"]
+        out += [f"\nSD3.5-medium width ({s['layers']} of 24 MM-DiT blocks), CPU ({s['threads']} threads), "
+                f"{s['lq']}² LQ → {s['out']}², median of {s['repeats']}; joint attention SDPA in every row",
+                "| configuration | median s | speed-up vs naive |", "|---|---:|---:|"]
+        for name, r in s["rows"].items():
+            out.append(f"| {name} | {r['median_s']:.2f} | {r['speedup_vs_naive']:.2f}× |")
     if "vae_fake" in results:
         v = results["vae_fake"]
         out += [f"\nSD-2.1 VAE encode + decode peak (fake tensors, activations only), untiled vs tiled "
@@ -329,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile-timeout", type=int, default=300, help="seconds for the torch.compile child")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--sd35-layers", type=int, default=4, help="MM-DiT blocks of the speed-sd35 part (published: 24)")
     ap.add_argument("--vae-tile", type=int, default=512, help="vae_tile of the fake-tensor VAE part")
     ap.add_argument("--real-sizes", nargs="+", type=int, default=[256, 512, 768])
     ap.add_argument("--real-tile", type=int, default=256)
@@ -362,6 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         print("speed (SD-2.1-base size):", flush=True)
         results["speed"] = part_speed(args.size, args.repeats, 0 if args.no_compile else args.compile_timeout)
         results["speed"]["threads"] = torch.get_num_threads()
+        save()
+    if "speed-sd35" in args.parts:
+        print("speed (SD3.5-medium width):", flush=True)
+        results["speed_sd35"] = part_speed_sd35(args.size, args.repeats, args.sd35_layers)
+        results["speed_sd35"]["threads"] = torch.get_num_threads()
         save()
     if "vae-fake" in args.parts:
         print("VAE peak, fake tensors:", flush=True)

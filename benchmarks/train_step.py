@@ -1,7 +1,10 @@
-"""Peak memory of one training step of each paper preset at SD-2.1-base size, and the three-UNet design.
+"""Peak memory of one training step of each paper preset at SD-2.1-base and SD3.5-medium size, and the
+design that keeps separate copies of the base network.
 
-Every configuration is the real system (``build_system`` on the composed preset, with an
-SD-2.1-base-sized backbone: 865 M-parameter UNet, 8× VAE, the 23-layer OpenCLIP-H text tower and
+Every configuration is the real system (``build_system`` on the composed preset, with a real-size
+backbone — ``--family sd21``: SD-2.1-base's 865 M-parameter UNet, 8× VAE, the 23-layer OpenCLIP-H
+text tower; ``--family sd35``: SD3.5-medium's 2.5 B-parameter MM-DiT (24 blocks), 16-channel VAE,
+CLIP-L + CLIP-G/14 text towers, no T5 (its 256 positions are zeros, as diffusers without T5) — and
 for ``rcod`` the ViT-H vision tower) traced with fake tensors (:mod:`lit_sr.model.tracing`): two
 optimizer steps of the same calls ``SRSystem.training_step`` makes (generator pass, every active
 loss term, backward, clip, AdamW step; then each term with its own network — VSD's fake score,
@@ -32,10 +35,11 @@ values 0.3/0.9 (the group each sample lands in does not change what is allocated
 ``precision``: ``fp32`` (everything float32) or ``bf16`` (frozen weights bfloat16, trained
 weights float32, bf16 autocast: ``backbone.dtype=bf16 trainer.precision=bf16-mixed``).
 ``ckpt``: ``model.gradient_checkpointing``. The ``copies`` column is the same osediff step with
-two more frozen UNets resident — OSEDiff's reference layout (``unet_fix`` for the real score,
-``unet_update`` for the fake one) — and ``ours/copies`` the ratio of the two peaks.
+two more frozen base networks resident — OSEDiff's reference layout (``unet_fix`` for the real
+score, ``unet_update`` for the fake one; on SD3.5 the same two MM-DiT copies) — and ``ours/copies``
+the ratio of the two peaks.
 
-    python benchmarks/train_step.py [--presets osediff codsr] [--batches 1 4] [--size 512] [--out FILE]
+    python benchmarks/train_step.py [--family sd21|sd35] [--presets osediff codsr] [--batches 1 4] [--size 512]
 
 Each configuration runs in its own process (about 10–60 s each on 2 CPU cores).
 """
@@ -59,10 +63,11 @@ PRESETS = ("osediff", "codsr", "rcod", "ifcsr")
 GB = 1e9
 
 
-def _cfg(preset: str, precision: str, ckpt: bool, batch: int, size: int):
+def _cfg(preset: str, precision: str, ckpt: bool, batch: int, size: int, family: str = "sd21"):
     from lit_sr.config.compose import compose
 
-    overrides = [f"experiment={preset}", f"model.gradient_checkpointing={str(ckpt).lower()}",
+    backbone = ["backbone=tiny_sd3"] if family == "sd35" else []  # the MM-DiT family's config (LoRA lists)
+    overrides = [*backbone, f"experiment={preset}", f"model.gradient_checkpointing={str(ckpt).lower()}",
                  f"data.batch_size={batch}", f"data.crop_size={size}", "val=null", "checkpoint=last"]
     if precision == "bf16":
         overrides += ["backbone.dtype=bf16", "trainer.precision=bf16-mixed"]
@@ -169,10 +174,11 @@ def measure(spec: dict) -> dict:
     import torch
 
     from lit_sr.config.systems import build_system
-    from lit_sr.model.tracing import PeakTracker, fake_mode, sd21_backbone, state_bytes
+    from lit_sr.model.tracing import PeakTracker, fake_mode, sd3_backbone, sd21_backbone, state_bytes
 
     torch.manual_seed(0)
-    cfg = _cfg(spec["preset"], spec["precision"], spec["ckpt"], spec["batch"], spec["size"])
+    family = spec.get("family", "sd21")
+    cfg = _cfg(spec["preset"], spec["precision"], spec["ckpt"], spec["batch"], spec["size"], family)
     dtype = torch.bfloat16 if spec["precision"] == "bf16" else torch.float32
 
     def autocast():
@@ -180,10 +186,11 @@ def measure(spec: dict) -> dict:
 
     t0 = time.perf_counter()
     with fake_mode():
-        bb = sd21_backbone(dtype, vision=spec["preset"] == "rcod")
+        build = sd3_backbone if family == "sd35" else sd21_backbone
+        bb = build(dtype, vision=spec["preset"] == "rcod")
         system = build_system(cfg, backbone=bb)
         system.generator.noise.apply_calibration({"m_min": 0.3, "m_max": 0.9})  # LDG: no data pass in a trace
-        extra = [copy.deepcopy(bb.unet) for _ in range(2)] if spec["copies"] else []  # OSEDiff's unet_fix/update
+        extra = [copy.deepcopy(bb.denoiser.net) for _ in range(2)] if spec["copies"] else []  # OSEDiff's unet_fix/update
         system.train()
         opts, _ = system.configure_optimizers()
         stages = []
@@ -236,26 +243,27 @@ def copies_lines(results: list[dict]) -> list[str]:
         if r.get("copies") and "error" not in r and (r["batch"], r["precision"], r["ckpt"]) in ours:
             mine = ours[(r["batch"], r["precision"], r["ckpt"])]
             out.append(f"osediff batch {r['batch']} {r['precision']} ckpt={'on' if r['ckpt'] else 'off'}: ours "
-                       f"{mine['peak_bytes'] / GB:.1f} GB, three UNet copies {r['peak_bytes'] / GB:.1f} GB, "
+                       f"{mine['peak_bytes'] / GB:.1f} GB, three base copies {r['peak_bytes'] / GB:.1f} GB, "
                        f"ours/copies {mine['peak_bytes'] / r['peak_bytes']:.2f}")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", choices=["sd21", "sd35"], default="sd21", help="SD-2.1-base UNet or SD3.5-medium MM-DiT")
     p.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS))
     p.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4])
     p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--ckpt", nargs="+", choices=["off", "on"], default=["off", "on"])
     p.add_argument("--size", type=int, default=512, help="HQ crop size (the LQ is size / 4)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
+    p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/train_step[_sd35].json)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(measure(json.loads(args.worker))))
         return 0
     os.environ.setdefault("LIT_SR_CACHE", str(ROOT / ".cache" / "lit_sr"))
-    specs = [dict(preset=pr, batch=b, precision=pc, ckpt=ck == "on", size=args.size, copies=False)
+    specs = [dict(preset=pr, batch=b, precision=pc, ckpt=ck == "on", size=args.size, copies=False, family=args.family)
              for pr in args.presets for b in args.batches for pc in args.precisions for ck in args.ckpt]
     if "osediff" in args.presets:
         specs += [dict(s, copies=True) for s in specs if s["preset"] == "osediff"]
@@ -270,9 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text + "\n")
     for line in copies_lines(results):
         print(line)
-    out = Path(args.out)
+    suffix = "" if args.family == "sd21" else f"_{args.family}"
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"train_step{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "size": args.size, "table": text,
+    out.write_text(json.dumps({"results": results, "size": args.size, "family": args.family, "table": text,
                                "copies": copies_lines(results)}, indent=2))
     print(f"wrote {out}")
     return 1 if any("error" in r for r in results) else 0

@@ -52,7 +52,7 @@ class LitSRPipeline:
         """Load an export folder (or a checkpoint); ``base`` is the local SD directory it was trained on.
 
         Speed options: ``fuse`` merges the LoRA into the base weights; ``channels_last`` stores the
-        UNet and VAE convolutions' activations NHWC; ``compile`` runs the UNet and the VAE decoder
+        denoiser and VAE convolutions' activations NHWC; ``compile`` runs the denoiser and the VAE decoder
         through ``torch.compile`` with that backend (``inductor``; the first image pays the compile).
         """
         sets = [*(f"backbone.path={base}" for _ in [base] if base), *overrides]
@@ -65,19 +65,19 @@ class LitSRPipeline:
         if fuse:
             pipe.fuse()
         if channels_last:
-            for module in (generator.unet, generator.vae):
+            for module in (generator.denoiser, generator.vae):
                 module.to(memory_format=torch.channels_last)
         if compile:
             pipe.compile(compile)
         return pipe
 
     def compile(self, backend: str = "inductor") -> None:
-        """``torch.compile`` the UNet's and the VAE decoder's forward (adapter switches recompile once each)."""
-        for module in (self.generator.unet, self.generator.vae.decoder):
+        """``torch.compile`` the denoiser's and the VAE decoder's forward (adapter switches recompile once each)."""
+        for module in (self.generator.denoiser.net, self.generator.vae.decoder):
             module.forward = torch.compile(module.forward, backend=backend, dynamic=False)
 
     # ------------------------------------------------------------------ settings
-    def set_adapters(self, names: Sequence[str], weights: Sequence[float] | None = None, part: str = "unet") -> None:
+    def set_adapters(self, names: Sequence[str], weights: Sequence[float] | None = None, part: str = "denoiser") -> None:
         """Scale adapters' contributions, as diffusers' ``set_adapters`` (1.0 = as trained).
 
         For dual-LoRA models (CODSR's ``main`` + ``alignment``) the second adapter's λ is a second
@@ -93,10 +93,10 @@ class LitSRPipeline:
             raise LitSRError(str(exc)) from None
 
     def fuse(self) -> None:
-        """Merge the active UNet adapters into the base weights (faster; endpoint models cannot)."""
+        """Merge the active denoiser adapters into the base weights (faster; endpoint models cannot)."""
         if self.generator.has_endpoints:
             raise LitSRError("--fuse needs one fixed set of adapters; endpoint (IFCSR) models switch adapters per pass")
-        self.generator.adapters.fuse("unet")
+        self.generator.adapters.fuse("denoiser")
 
     # ------------------------------------------------------------------ running
     def _autocast(self):

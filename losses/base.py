@@ -5,9 +5,10 @@ needs and nothing else is looked up.
 
 * ``forward(out, batch)`` — the *unweighted* scalar; the system multiplies by ``weight``.
 * ``requires(node, facts)`` — combinations with the rest of the run that cannot work (config time).
-* ``generator_adapters(node)`` — LoRA adapters the term keeps on the generator's UNet (VSD's fake
-  score); the builder creates them with the generator, inactive and frozen, so checkpoint and
-  export keys do not depend on whether the term is built.
+* ``generator_adapters(node, presets)`` — LoRA adapters the term keeps on the generator's denoiser
+  (VSD's fake score; ``presets``: the family's LoRA target presets); the builder creates them with
+  the generator, inactive and frozen, so checkpoint and export keys do not depend on whether the
+  term is built.
 * ``attach(generator, backbone)`` — bind to the generator once before training (capture hooks,
   negative-prompt embeddings); ``backbone`` holds the pretrained parts and is not to be kept.
 * ``own_parameters()`` / ``aux_loss(out, batch)`` — networks the term owns (VSD's fake LoRA, a
@@ -55,8 +56,8 @@ class LossTerm(Checked, nn.Module, metaclass=abc.ABCMeta):
 
 
     @classmethod
-    def generator_adapters(cls, node: Any) -> dict[str, LoRASpec]:
-        """Adapters (name → spec) this term keeps on the generator's UNet; built with the generator."""
+    def generator_adapters(cls, node: Any, presets: dict[str, list[str]]) -> dict[str, LoRASpec]:
+        """Adapters (name → spec) this term keeps on the generator's denoiser; built with the generator."""
         return {}
 
     def attach(self, generator: nn.Module, backbone: Any = None) -> None:

@@ -1,4 +1,4 @@
-"""CoMat positive-area loss on cross-attention (CODSR's TMG).
+"""CoMat positive-area loss on the denoiser's text attention (CODSR's TMG).
 
 For every noun of an image with a non-empty mask ``M`` and every CLIP token ``t`` of that noun
 in the image's prompt, with ``A_{h,t}`` head ``h``'s cross-attention probabilities of token ``t``
@@ -16,9 +16,13 @@ weakly then counts less) and ``token_weighting: per_token`` averages over all en
 comparison; the reference's choices are the defaults. An optional pixel term (``pixel_weight`` > 0) adds, per noun, the binary
 cross-entropy between the summed attention of its tokens and its mask.
 
-The loss reads ``prompt`` (through the conditioner, so it is the prompt the UNet saw), ``nouns``,
+The loss reads ``prompt`` (through the conditioner, so it is the prompt the denoiser saw), ``nouns``,
 ``masks`` and ``mask_valid`` from the batch (:mod:`datamodules.tmg_dataset`) and the attention
-of the generator's UNet pass from the capture processors it installs in :meth:`attach`.
+of the generator's denoiser pass from the capture processors it installs in :meth:`attach`: a
+UNet's ``attn2`` cross-attention, or the image-query → text-key block of an MM-DiT's joint
+attention (its softmax runs over image and text keys together; the ratio above is taken over
+those text columns). The token positions are the CLIP tokenizer's, which index the first tokens
+of both families' text states (SD3's T5 tokens follow the 77 CLIP positions).
 """
 from __future__ import annotations
 
@@ -97,10 +101,12 @@ def weighted_mean(losses: torch.Tensor, word: torch.Tensor, weighting: str) -> t
 
 
 class CoMatLoss(LossTerm):
-    """η_pos · CoMat positive-area token loss (+ optional pixel BCE) on captured cross-attention.
+    """η_pos · CoMat positive-area token loss (+ optional pixel BCE) on captured text attention.
 
-    ``layers``: regexes selecting ``attn2`` modules by name (None: all); ``downsample``: keep
-    layers at these factors below the latent (None: all; SD-2.1 at 512 px: [2, 4] = 32², 16²).
+    ``layers``: regexes selecting the denoiser's capture points by name (None: all; a UNet's
+    ``…attn2``, an MM-DiT's ``transformer_blocks.N.attn``); ``downsample``: keep layers at these
+    factors below the latent (None: all; SD-2.1 at 512 px: [2, 4] = 32², 16²; every MM-DiT layer
+    sits at its patch size, 2).
     """
 
     def __init__(self, weight: float = 1.0, pixel_weight: float = 0.0, layers: list[str] | None = None,
@@ -119,7 +125,7 @@ class CoMatLoss(LossTerm):
         self.downsample = list(downsample) if downsample else None
         self.eps = float(eps)
         # Plain attributes (not submodules): the generator is the system's, not this term's state.
-        self.__dict__["_unet"] = None
+        self.__dict__["_denoiser"] = None
         self.__dict__["_conditioner"] = None
         self.__dict__["_tokenizer"] = None
         self.__dict__["_store"] = None
@@ -134,28 +140,28 @@ class CoMatLoss(LossTerm):
             return ("loss.terms.comat (TMG) needs noun masks: set data.mask_cache=<folder> "
                     "(build it with python -m lit_sr.extract_masks)")
         if facts.tile_latent is not None:
-            return ("loss.terms.comat (TMG) reads the cross-attention of one whole UNet pass, and model.tile_latent="
+            return ("loss.terms.comat (TMG) reads the text attention of one whole denoiser pass, and model.tile_latent="
                     f"{facts.tile_latent} splits it into tiles: set model.tile_latent=null for training")
         return None
 
     # ------------------------------------------------------------------ wiring
     def attach(self, generator, backbone=None) -> None:
-        """Install cross-attention capture on ``generator.unet`` and take the prompt tokenizer."""
+        """Install text-attention capture on ``generator.denoiser`` and take the prompt tokenizer."""
         conditioner = generator.conditioner
         tokenizer = conditioner.tokenizer or (backbone.tokenizer if backbone is not None else None)
         if tokenizer is None:
             raise ConfigError("loss.terms.comat (TMG) needs the text conditioner's tokenizer: set conditioning=text")
         self.detach()
-        self.__dict__["_store"] = attention_capture.install(generator.unet, self.layers, self.downsample)
-        self.__dict__["_unet"] = generator.unet
+        self.__dict__["_store"] = attention_capture.install(generator.denoiser, self.layers, self.downsample)
+        self.__dict__["_denoiser"] = generator.denoiser
         self.__dict__["_conditioner"] = conditioner
         self.__dict__["_tokenizer"] = tokenizer
 
     def detach(self) -> None:
-        """Remove the capture processors (the UNet gets its original processors back)."""
-        if self._unet is not None:
-            attention_capture.remove(self._unet)
-        self.__dict__["_unet"] = self.__dict__["_store"] = None
+        """Remove the capture processors (the denoiser gets its original processors back)."""
+        if self._denoiser is not None:
+            attention_capture.remove(self._denoiser)
+        self.__dict__["_denoiser"] = self.__dict__["_store"] = None
 
     # ------------------------------------------------------------------ loss
     def _prompts(self, batch: dict, n: int) -> list[str]:
@@ -191,8 +197,8 @@ class CoMatLoss(LossTerm):
                 raise ValueError(f"CoMat: the batch has no {key!r} (set data.mask_cache so the data carries noun masks)")
         record = self._store.take(out.z_in)
         if record is None or not record.layers:
-            raise RuntimeError("CoMat: no cross-attention was captured for this generator pass (the UNet ran "
-                               "without gradients, tiled (model.tile_latent), or no attn2 layer fits loss.terms.comat.downsample)")
+            raise RuntimeError("CoMat: no text attention was captured for this generator pass (the denoiser ran "
+                               "without gradients, tiled (model.tile_latent), or no layer fits loss.terms.comat.downsample)")
         masks, valid = batch["masks"], batch["mask_valid"].bool()
         if "hq" in batch and masks.shape[-2:] != batch["hq"].shape[-2:]:
             raise ValueError(f"CoMat: masks {tuple(masks.shape[-2:])} do not match the HQ crop "

@@ -1,17 +1,21 @@
 """Variational score distillation (VSD) as OSEDiff uses it, with RCOD's degradation-aware sampling.
 
-Both score networks are the generator's own UNet with adapters switched, so the frozen base
+Both score networks are the generator's own denoiser with adapters switched, so the frozen base
 weights exist once:
 
-* **real** score — every adapter disabled (the pretrained UNet), classifier-free guidance with
-  scale ``cfg_scale``: ``ε = ε_u + s·(ε_c − ε_u)``. The conditional embedding is what the generator
-  saw (``out.encoder_hidden_states``); the unconditional one embeds ``negative_prompt``;
-* **fake** score — only the ``vsd_fake`` LoRA active, trained by ε-prediction MSE on sg(ẑ).
+* **real** score — every adapter disabled (the pretrained denoiser), classifier-free guidance with
+  scale ``cfg_scale`` on its prediction: ``p = p_u + s·(p_c − p_u)``. The conditional embedding is
+  what the generator saw (``out.cond``); the unconditional one embeds ``negative_prompt``;
+* **fake** score — only the ``vsd_fake`` LoRA active, trained with the backbone's own denoising
+  loss on sg(ẑ): MSE between its prediction and the parameterisation's target (ε for
+  ε-prediction, v = ε − x₀ for flow matching).
 
-Generator loss (OSEDiff): t ~ U[t_min, t_max), z_t = √ᾱ·sg(ẑ) + √(1−ᾱ)·ε, x0 from both scores,
+Generator loss (OSEDiff): t ~ U[t_min, t_max), z_t = noised(sg(ẑ), ε, t) (√ᾱ·ẑ + √(1−ᾱ)·ε on
+SD-2.1, (1−σ)·ẑ + σ·ε on SD3), x0 from both scores through the parameterisation,
 w = mean_{C,H,W}|ẑ − x0_real|, loss = MSE(ẑ, sg(ẑ − (x0_fake − x0_real)/w)). Its gradient w.r.t. ẑ
 is ``mse_scale · 2/N · (x0_fake − x0_real)/w`` (N = ẑ.numel()); OSEDiff's code uses plain
-``F.mse_loss`` (``mse_scale = 1``), DMD2's uses 0.5.
+``F.mse_loss`` (``mse_scale = 1``), DMD2's uses 0.5. The timesteps are integers in [0, T) on every
+backbone (σ = σ_t on flow matching).
 
 DAS (RCOD, eq. 7): with ``das.enabled`` the timestep range follows the generator's own timestep
 per sample, t_r ~ U[max(t_min, t−k), min(t_max, t+k)). Both ranges are half-open at ``t_max``
@@ -27,25 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.errors import ConfigError
-from lit_sr.model.adapters import OSEDIFF_UNET_TARGETS, LoRASpec, as_spec
-from lit_sr.model.conditioning.null import encode_prompts
+from lit_sr.model.adapters import LoRASpec, as_spec
+from lit_sr.model.condition import Condition, ConditionBuffer
 from lit_sr.model.output import SROutput
 from losses.base import LossTerm, OptimizerFactory
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def default_fake_lora() -> dict:
-    """OSEDiff's fake-score LoRA: the generator's targets at rank 4."""
-    return {"rank": 4, "target_modules": list(OSEDIFF_UNET_TARGETS)}
+def _adapters_in_backward(adapters, denoiser: list[str]):
+    """Gradient hook for the output of a denoiser pass run with the ``denoiser`` adapters: the
+    backward pass that reaches it runs with those adapters active, and the adapters it found are
+    restored when that backward ends.
 
-
-def _adapters_in_backward(adapters, unet: list[str]):
-    """Gradient hook for the output of a UNet pass run with the ``unet`` adapters: the backward pass
-    that reaches it runs with those adapters active, and the adapters it found are restored when
-    that backward ends.
-
-    With ``model.gradient_checkpointing`` the UNet blocks are recomputed in backward, which runs
+    With ``model.gradient_checkpointing`` the denoiser blocks are recomputed in backward, which runs
     after :meth:`AdapterSet.using` has switched back to the generator's adapters: the recomputation
     would run the generator's LoRA instead of the fake one (wrong gradients for the fake score, or
     torch.utils.checkpoint's "different number of tensors" error when the two adapter sets differ in
@@ -55,8 +54,8 @@ def _adapters_in_backward(adapters, unet: list[str]):
 
     def hook(grad: torch.Tensor) -> None:
         found = {part: list(names) for part, names in adapters.active.items()}
-        adapters.activate(unet=unet)
-        torch.autograd.Variable._execution_engine.queue_callback(lambda: adapters.activate(found["unet"], found["vae"]))
+        adapters.activate(denoiser=denoiser)
+        torch.autograd.Variable._execution_engine.queue_callback(lambda: adapters.activate(found["denoiser"], found["vae"]))
 
     return hook
 
@@ -74,8 +73,9 @@ class VSDLoss(LossTerm):
         das: ``{enabled, k}`` — RCOD's degradation-aware sampling around the generator's t.
         real_dtype: ``fp32`` or ``bf16``/``fp16`` — autocast precision of the real score pass.
         mse_scale: factor on the MSE (1.0 as OSEDiff; 0.5 as DMD2).
-        fake_lora: LoRA spec of the fake score adapter (rank, alpha, target_modules).
-        adapter_name: name of the fake adapter on the generator's UNet.
+        fake_lora: LoRA spec of the fake score adapter (rank, alpha, target_modules; null: rank 4 on
+            the family's ``all`` targets, as OSEDiff).
+        adapter_name: name of the fake adapter on the generator's denoiser.
         optimizer, grad_clip: the fake adapter's optimizer partial and gradient-norm clip (OSEDiff:
             AdamW, 5e-5, weight decay 1e-2, clipped at 1; the default when ``optimizer`` is None).
         aux_weight: weight of the fake score's ε-MSE (OSEDiff's ``lambda_vsd_lora``).
@@ -115,24 +115,32 @@ class VSDLoss(LossTerm):
         self.t_min, self.t_max = int(t_min), int(t_max)
         self.real_dtype = real_dtype
         self.mse_scale = float(mse_scale)
-        self.fake_spec = as_spec(fake_lora if fake_lora is not None else default_fake_lora())
+        self.fake_lora = dict(fake_lora) if fake_lora is not None else None
+        if self.fake_lora is not None:
+            as_spec(self.fake_lora)  # a bad rank or empty target list fails here, with the node's name
         self.adapter_name = str(adapter_name)
         self.aux_weight = float(aux_weight)
-        self._generator: tuple = ()  # a reference, not a submodule: the UNet belongs to the generator
-        self.register_buffer("negative_embedding", torch.empty(0), persistent=False)
+        self._generator: tuple = ()  # a reference, not a submodule: the denoiser belongs to the generator
+        self.negative_embedding = ConditionBuffer()
 
     # ------------------------------------------------------------------ wiring
-    @classmethod
-    def generator_adapters(cls, node: Any) -> dict[str, LoRASpec]:
+    @staticmethod
+    def fake_spec(node: Any, presets: dict[str, list[str]]) -> LoRASpec:
+        """The fake adapter's spec: the configured one, or OSEDiff's rank 4 on the family's ``all`` targets."""
         spec = node.get("fake_lora")
-        return {str(node.get("adapter_name", "vsd_fake")): as_spec(spec if spec is not None else default_fake_lora())}
+        return as_spec(spec if spec is not None else {"rank": 4, "target_modules": list(presets["all"])})
+
+    @classmethod
+    def generator_adapters(cls, node: Any, presets: dict[str, list[str]]) -> dict[str, LoRASpec]:
+        return {str(node.get("adapter_name", "vsd_fake")): cls.fake_spec(node, presets)}
 
     def attach(self, generator, backbone=None) -> None:
-        """Bind to the generator's UNet (adding the fake adapter if missing) and embed the negative prompt."""
+        """Bind to the generator's denoiser (adding the fake adapter if missing) and embed the negative prompt."""
         self._generator = (generator,)
-        if self.adapter_name not in generator.adapters.names("unet"):
-            generator.adapters.add("unet", self.adapter_name, self.fake_spec)  # inactive and frozen
-        self.negative_embedding = self._embed_negative(generator, backbone).detach().float()
+        if self.adapter_name not in generator.adapters.names("denoiser"):
+            spec = self.fake_spec({"fake_lora": self.fake_lora}, generator.denoiser.lora_presets)
+            generator.adapters.add("denoiser", self.adapter_name, spec)  # inactive and frozen
+        self.negative_embedding.set(self._embed_negative(generator, backbone))
 
     @property
     def generator(self):
@@ -140,14 +148,14 @@ class VSDLoss(LossTerm):
             raise RuntimeError("VSDLoss used before attach(generator)")
         return self._generator[0]
 
-    def _embed_negative(self, generator, backbone) -> torch.Tensor:
-        """(1, L, D) unconditional embedding: from the conditioner when it can embed the prompt, else
-        from the backbone's text encoder."""
+    def _embed_negative(self, generator, backbone) -> Condition:
+        """The (batch 1) unconditional condition: from the conditioner when it can embed the prompt,
+        else from the backbone's prompt encoder."""
         cond = generator.conditioner
         prompt = self.negative_prompt if self.negative_prompt is not None else (cond.negative_prompt or "")
         emb = cond.prompt_embedding(prompt)
-        if emb is None and backbone is not None and backbone.text_encoder is not None and backbone.tokenizer is not None:
-            emb = encode_prompts(backbone.text_encoder, backbone.tokenizer, [prompt])
+        if emb is None and backbone is not None and backbone.prompts is not None:
+            emb = backbone.prompts.encode([prompt])
         if emb is None:
             raise ConfigError("loss.terms.vsd: cannot embed negative_prompt: needs the backbone's text encoder "
                               "(backbone.text_encoder=true) or a text conditioner")
@@ -156,7 +164,7 @@ class VSDLoss(LossTerm):
     def own_parameters(self) -> list[nn.Parameter]:
         if not self._generator:
             return []
-        return list(self.generator.adapters.parameters("unet", self.adapter_name).values())
+        return list(self.generator.adapters.parameters("denoiser", self.adapter_name).values())
 
     def configure_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:  # OSEDiff's fake-score optimizer
@@ -175,45 +183,42 @@ class VSDLoss(LossTerm):
         lo = torch.minimum((t - self.das_k).clamp(min=self.t_min), hi)  # t far outside the range: its nearest end
         return (lo + (u * (hi - lo + 1)).floor().long()).clamp(max=hi)
 
-    def _alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        return self.generator.noise.alpha_bar(t)[:, None, None, None]
+    def _predict(self, z: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        g = self.generator
+        dtype = g.denoiser.dtype
+        return g.denoise(z.to(dtype), t, cond.to(dtype)).float()
 
-    def _unet(self, z: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
-        unet = self.generator.unet
-        return unet(z.to(unet.dtype), t, encoder_hidden_states=ehs.to(unet.dtype)).sample.float()
-
-    def real_eps(self, z_t: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
-        """CFG ε of the pretrained UNet (all adapters disabled)."""
+    def real_pred(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The CFG prediction of the pretrained denoiser (all adapters disabled)."""
         b = z_t.shape[0]
-        neg = self.negative_embedding.to(z_t.device)
-        neg = neg.expand(b, -1, -1) if neg.shape[0] == 1 else neg
+        neg = self.negative_embedding.get().to(device=z_t.device).expand(b)
         dtype = _DTYPES[self.real_dtype]
         cast = torch.autocast(z_t.device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with self.generator.adapters.using(unet=[]), cast:
-            if neg.shape[1:] == ehs.shape[1:]:  # one batched call for both branches
-                eps_u, eps_c = self._unet(torch.cat([z_t, z_t]), torch.cat([t, t]), torch.cat([neg, ehs])).chunk(2)
+        with self.generator.adapters.using(denoiser=[]), cast:
+            if neg.matches(cond):  # one batched call for both branches
+                p_u, p_c = self._predict(torch.cat([z_t, z_t]), torch.cat([t, t]), Condition.cat([neg, cond])).chunk(2)
             else:  # e.g. visual-token conditioning longer than the 77 text tokens
-                eps_u, eps_c = self._unet(z_t, t, neg), self._unet(z_t, t, ehs)
-        return eps_u + self.cfg_scale * (eps_c - eps_u)
+                p_u, p_c = self._predict(z_t, t, neg), self._predict(z_t, t, cond)
+        return p_u + self.cfg_scale * (p_c - p_u)
 
-    def fake_eps(self, z_t: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor) -> torch.Tensor:
-        """ε of the fake score network (only the fake adapter active, in backward too)."""
+    def fake_pred(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The fake score network's prediction (only the fake adapter active, in backward too)."""
         adapters = self.generator.adapters
-        with adapters.using(unet=[self.adapter_name]):
-            eps = self._unet(z_t, t, ehs)
-        if eps.requires_grad:  # aux_loss: its backward must see the fake adapter as the forward did
-            eps.register_hook(_adapters_in_backward(adapters, [self.adapter_name]))
-        return eps
+        with adapters.using(denoiser=[self.adapter_name]):
+            pred = self._predict(z_t, t, cond)
+        if pred.requires_grad:  # aux_loss: its backward must see the fake adapter as the forward did
+            pred.register_hook(_adapters_in_backward(adapters, [self.adapter_name]))
+        return pred
 
     @torch.no_grad()
-    def score_targets(self, z: torch.Tensor, ehs: torch.Tensor, t: torch.Tensor,
+    def score_targets(self, z: torch.Tensor, cond: Condition, t: torch.Tensor,
                       noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0_real, x0_fake, w) for a detached latent ``z`` noised with ``noise`` at ``t``."""
+        param = self.generator.parameterisation
         z = z.detach().float()
-        a = self._alpha_bar(t)
-        z_t = a.sqrt() * z + (1 - a).sqrt() * noise
-        x0_real = (z_t - (1 - a).sqrt() * self.real_eps(z_t, t, ehs)) / a.sqrt()
-        x0_fake = (z_t - (1 - a).sqrt() * self.fake_eps(z_t, t, ehs)) / a.sqrt()
+        z_t = param.noised(z, noise, t)
+        x0_real = param.to_x0(self.real_pred(z_t, t, cond), z_t, t)
+        x0_fake = param.to_x0(self.fake_pred(z_t, t, cond), z_t, t)
         # OSEDiff divides without an epsilon; the floor only guards an exactly-zero residual.
         w = (z - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
         return x0_real, x0_fake, w
@@ -224,24 +229,22 @@ class VSDLoss(LossTerm):
         rng = batch.get("rng")
         t = self.sample_timesteps(out.t, z.shape[0], z.device, rng)
         noise = torch.randn(z.shape, generator=rng, device=z.device, dtype=torch.float32)
-        ehs = out.encoder_hidden_states.detach()
-        x0_real, x0_fake, w = self.score_targets(z, ehs, t, noise)
+        x0_real, x0_fake, w = self.score_targets(z, out.cond.detach(), t, noise)
         target = z.detach().float() - (x0_fake - x0_real) / w
         return self.mse_scale * F.mse_loss(z.float(), target)
 
     def aux_loss(self, out: SROutput, batch: dict) -> torch.Tensor:
-        """The fake score's ε-MSE on sg(ẑ) noised at t ~ U[0, T) (OSEDiff's ``diff_loss``)."""
+        """The fake score's denoising loss on sg(ẑ) noised at t ~ U[0, T) (OSEDiff's ``diff_loss``):
+        MSE between its prediction and the parameterisation's target (ε, v or ε − x₀)."""
+        param = self.generator.parameterisation
         z = out.z_hat.detach().float()
         rng = batch.get("rng")
-        n_t = self.generator.noise.num_train_timesteps
-        t = torch.randint(0, n_t, (z.shape[0],), generator=rng, device=z.device)
+        t = torch.randint(0, param.num_train_timesteps, (z.shape[0],), generator=rng, device=z.device)
         noise = torch.randn(z.shape, generator=rng, device=z.device, dtype=torch.float32)
-        a = self._alpha_bar(t)
-        z_t = a.sqrt() * z + (1 - a).sqrt() * noise
-        eps = self.fake_eps(z_t, t, out.encoder_hidden_states.detach())
-        return self.aux_weight * F.mse_loss(eps, noise)
+        pred = self.fake_pred(param.noised(z, noise, t), t, out.cond.detach())
+        return self.aux_weight * F.mse_loss(pred, param.target(z, noise, t))
 
     def extra_repr(self) -> str:
         return (f"cfg_scale={self.cfg_scale}, t=[{self.t_min}, {self.t_max}), das={self.das_enabled} (k={self.das_k}), "
-                f"adapter={self.adapter_name!r}, rank={self.fake_spec.rank}, real_dtype={self.real_dtype}")
+                f"adapter={self.adapter_name!r}, real_dtype={self.real_dtype}")
 

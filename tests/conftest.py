@@ -19,15 +19,28 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def _tiny_backbone_template():
-    from lit_sr.model.backbone import tiny_backbone
+    from lit_sr.model.families.sd import tiny_sd
 
-    return tiny_backbone(vision_encoder=True)
+    return tiny_sd(vision_encoder=True)
 
 
 @pytest.fixture
 def tiny_bb(_tiny_backbone_template):
     """A fresh copy of the tiny backbone (generators add adapters to it, so never share one)."""
     return copy.deepcopy(_tiny_backbone_template)
+
+
+@pytest.fixture(scope="session")
+def _tiny_sd3_template():
+    from lit_sr.model.families.sd3 import tiny_sd3
+
+    return tiny_sd3(vision_encoder=True)
+
+
+@pytest.fixture
+def tiny_sd3_bb(_tiny_sd3_template):
+    """A fresh copy of the tiny SD3-shaped (MM-DiT, flow-matching) backbone."""
+    return copy.deepcopy(_tiny_sd3_template)
 
 
 # Component tests compose from the plain one-step configuration (OSEDiff's uniform noise, raw

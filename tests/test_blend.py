@@ -14,7 +14,7 @@ from lit_sr.model.blend import blend, blend_many
 def _perturb(generator) -> None:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for n, p in generator.unet.named_parameters():
+        for n, p in generator.denoiser.net.named_parameters():
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
@@ -24,7 +24,7 @@ def test_gammas_reproduce_endpoints_and_cost_two_generator_calls(make_cfg, tiny_
     _perturb(g)
     lq = torch.rand(1, 3, 8, 8)
     calls = []
-    hook = g.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    hook = g.denoiser.net.register_forward_pre_hook(lambda m, a: calls.append(1))
     with torch.no_grad():
         x_fid, x_real = g.endpoints(lq)
         outs = blend_many(x_fid, x_real, [0.0, 0.3, 1.0, 0.5, 0.9, 0.1])
@@ -45,7 +45,7 @@ def test_plain_forward_of_an_endpoint_model_is_the_blend_at_model_gamma(make_cfg
     _perturb(g)
     lq = torch.rand(1, 3, 8, 8)
     calls = []
-    hook = g.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    hook = g.denoiser.net.register_forward_pre_hook(lambda m, a: calls.append(1))
     with torch.no_grad():
         out = g(lq)
     hook.remove()

@@ -7,7 +7,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from lit_sr.config.build import build_generator
 from lit_sr.model import attention_capture as capture
-from lit_sr.model.backbone import byte_level_clip_tokenizer
+from lit_sr.model.clip_vocab import byte_level_clip_tokenizer
 from losses.comat import CoMatLoss, positive_area_loss, token_indices
 
 
@@ -85,24 +85,24 @@ def _batch(b: int = 2, crop: int = 32) -> dict:
             "mask_valid": valid, "hq": torch.rand(b, 3, crop, crop)}
 
 
-def _processors(unet) -> dict:
-    return {n: m.processor for n, m in capture.cross_attention_layers(unet).items()}
+def _processors(denoiser) -> dict:
+    return {n: m.processor for n, m in capture.capture_layers(denoiser).items()}
 
 
 def test_capture_is_installed_only_with_the_loss_and_restored(make_cfg, tiny_bb):
     g = build_generator(make_cfg("conditioning=text"), tiny_bb)
-    before = _processors(g.unet)
+    before = _processors(g.denoiser)
     assert before and all(isinstance(p, AttnProcessor2_0) for p in before.values())
-    assert capture.installed_store(g.unet) is None  # no loss, nothing installed
+    assert capture.installed_store(g.denoiser) is None  # no loss, nothing installed
     loss = CoMatLoss()
     with pytest.raises(RuntimeError, match="attach"):
         loss(None, _batch())
     loss.attach(g)
-    assert all(isinstance(p, capture.CaptureProcessor) for p in _processors(g.unet).values())
-    assert list(loss.parameters()) == [] and "_unet" not in dict(loss.named_modules())  # the UNet is not its state
+    assert all(isinstance(p, capture.CaptureProcessor) for p in _processors(g.denoiser).values())
+    assert list(loss.parameters()) == [] and "_denoiser" not in dict(loss.named_modules())  # the denoiser is not its state
     loss.detach()
-    after = _processors(g.unet)
-    assert all(after[n] is before[n] for n in before) and capture.installed_store(g.unet) is None
+    after = _processors(g.denoiser)
+    assert all(after[n] is before[n] for n in before) and capture.installed_store(g.denoiser) is None
 
 
 def test_capture_keeps_outputs_and_records_only_with_gradients(make_cfg, tiny_bb):
@@ -111,7 +111,7 @@ def test_capture_keeps_outputs_and_records_only_with_gradients(make_cfg, tiny_bb
     lq, batch = torch.rand(2, 3, 8, 8), _batch()
     with torch.no_grad():
         ref = g.step(lq, batch=batch).sr
-    store = capture.install(g.unet, downsample=[2])  # tiny UNet: its second level and mid block, 2x below the latent
+    store = capture.install(g.denoiser, downsample=[2])  # tiny UNet: its second level and mid block, 2x below the latent
     with torch.no_grad():
         g.step(lq, batch=batch)
     assert len(store.records) == 0  # validation-like passes are not captured
@@ -126,9 +126,9 @@ def test_capture_keeps_outputs_and_records_only_with_gradients(make_cfg, tiny_bb
     assert layer.size == (4, 4) and layer.heads.shape[::2] == (2, 16) and layer.heads.shape[-1] == 77
     torch.testing.assert_close(layer.heads.sum(-1), torch.ones(layer.heads.shape[:3]))  # 32 px → 8² latent → 4² mid
     torch.testing.assert_close(layer.probs, layer.heads.mean(1))
-    capture.remove(g.unet)
-    with pytest.raises(ValueError, match="no cross-attention"):
-        capture.install(g.unet, layers=["no_such_block"])
+    capture.remove(g.denoiser)
+    with pytest.raises(ValueError, match="no text-attention layer"):
+        capture.install(g.denoiser, layers=["no_such_block"])
 
 
 def test_comat_gradients_reach_cross_attention_lora_and_lower_the_loss(make_cfg, tiny_bb):
@@ -141,12 +141,12 @@ def test_comat_gradients_reach_cross_attention_lora_and_lower_the_loss(make_cfg,
     value = loss(out, batch)
     assert 0.0 < float(value.detach()) and loss.last["entities"] == 2 * (9 + 6)  # astronaut: 9 tokens, rocket: 6
     value.backward()
-    qk = {n: p.grad for n, p in g.unet.named_parameters()
+    qk = {n: p.grad for n, p in g.denoiser.net.named_parameters()
           if "attn2" in n and ("to_q.lora_B" in n or "to_k.lora_B" in n)}
     assert qk and all(gr is not None and gr.abs().sum() > 0 for gr in qk.values())
     # Attention probabilities do not depend on the values: the last captured layer's V/out get nothing.
     last = "up_blocks.0.attentions.1.transformer_blocks.0.attn2"
-    vo = [p.grad for n, p in g.unet.named_parameters() if n.startswith(last) and ("to_v.lora" in n or "to_out.0.lora" in n)]
+    vo = [p.grad for n, p in g.denoiser.net.named_parameters() if n.startswith(last) and ("to_v.lora" in n or "to_out.0.lora" in n)]
     assert vo and all(gr is None or gr.abs().sum() == 0 for gr in vo)
     # Training on CoMat alone moves attention into the masks.
     params = [p for p in g.parameters() if p.requires_grad]
@@ -201,7 +201,7 @@ def test_gradient_checkpointing_keeps_gradients_and_works_with_the_capture(make_
         torch.manual_seed(0)
         g = build_generator(make_cfg("conditioning=text", f"model.gradient_checkpointing={str(ckpt).lower()}"),
                             copy.deepcopy(_tiny_backbone_template)).train()
-        assert g.unet.is_gradient_checkpointing == ckpt
+        assert g.denoiser.net.is_gradient_checkpointing == ckpt
         loss = CoMatLoss()
         loss.attach(g)
         lq, batch = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)), _batch()

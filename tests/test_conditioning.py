@@ -20,10 +20,10 @@ def test_vpim_tokens_have_cross_attention_width(tiny_bb):
     vis = tiny_bb.vision_encoder.config
     out = c(torch.rand(2, 3, 64, 64) * 2 - 1)
     tokens = 1 + (vis.image_size // vis.patch_size) ** 2  # class token + patches
-    assert out.shape == (2, tokens, tiny_bb.cross_attention_dim)
+    assert out.tokens.shape == (2, tokens, tiny_bb.denoiser.cond_width) and out.pooled is None  # a UNet takes no pooled vector
     single = VPIMConditioner(hidden=0)  # the reference code's single projection
     single.attach(tiny_bb)
-    assert isinstance(single.mlp, torch.nn.Linear) and single(torch.zeros(1, 3, 32, 32)).shape[-1] == 32
+    assert isinstance(single.mlp, torch.nn.Linear) and single(torch.zeros(1, 3, 32, 32)).tokens.shape[-1] == 32
 
 
 def test_vpim_preprocessing_resizes_and_normalises(tiny_bb):
@@ -70,15 +70,16 @@ def test_text_embeddings_per_image(text_cond, tiny_bb):
     x = torch.zeros(3, 3, 32, 32)
     out = text_cond(x, {"prompt": ["a cat", "a dog", "a photo"]})
     L = tiny_bb.tokenizer.model_max_length
-    assert out.shape == (3, L, tiny_bb.text_encoder.config.hidden_size)  # padded to max length (77)
+    out = out.tokens
+    assert out.shape == (3, L, tiny_bb.prompts.text_encoder.config.hidden_size)  # padded to max length (77)
     assert not torch.allclose(out[0], out[1])
-    torch.testing.assert_close(out[2], text_cond.embedding[0])  # same prompt, same embedding
+    torch.testing.assert_close(out[2], text_cond.embedding.tokens[0])  # same prompt, same embedding
     null = NullConditioner("a cat")
     null.attach(tiny_bb)
-    torch.testing.assert_close(out[0], null.embedding[0])
-    fixed = text_cond(x, None)
-    assert fixed.shape == out.shape and torch.equal(fixed[0], text_cond.embedding[0])
-    neg = text_cond.negative_embedding(4)
+    torch.testing.assert_close(out[0], null.embedding.tokens[0])
+    fixed = text_cond(x, None).tokens
+    assert fixed.shape == out.shape and torch.equal(fixed[0], text_cond.embedding.tokens[0])
+    neg = text_cond.negative_embedding(4).tokens
     assert neg.shape == (4, L, out.shape[-1]) and not torch.allclose(neg[0], fixed[0])
 
 
@@ -95,7 +96,7 @@ def test_text_prompt_file_lookup_by_path_stem(tiny_bb, tmp_path):
     assert c.prompts_for(batch, 3) == ["grass, trees", "a red car", "fallback"]
     assert c.prompts_for({"prompt": ["given"] * 3, **batch}, 3) == ["given"] * 3  # batch prompts win
     out = c(torch.zeros(3, 3, 32, 32), batch)
-    torch.testing.assert_close(out[2], c.embedding[0])
+    torch.testing.assert_close(out.tokens[2], c.embedding.tokens[0])
 
 
 def test_text_prompt_file_errors(tmp_path):
@@ -117,10 +118,10 @@ def test_text_prompt_file_errors(tmp_path):
 
 def test_text_encoder_is_frozen_and_not_saved(make_cfg, tiny_bb):
     g = build_generator(make_cfg("conditioning=text", "lora.vae=null"), tiny_bb).train()
-    assert g.conditioner.uses_text and not tiny_bb.text_encoder.training
+    assert g.conditioner.uses_text and not tiny_bb.prompts.text_encoder.training
     out = g.step(torch.rand(2, 3, 16, 16), batch={"prompt": ["a cat", "stone wall"]})
     out.sr.mean().backward()
-    assert all(p.grad is None for p in tiny_bb.text_encoder.parameters())
+    assert all(p.grad is None for p in tiny_bb.prompts.text_encoder.parameters())
     assert not any(k.startswith("conditioner.") for k in g.trainable_state_dict())
 
 

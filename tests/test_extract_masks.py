@@ -94,7 +94,9 @@ def test_ram_tagger_errors_name_the_fix(tmp_path, monkeypatch):
 def test_clip_tagger_picks_top_k_from_the_vocabulary(tmp_path):
     from transformers import CLIPConfig, CLIPModel
 
-    from lit_sr.model.backbone import TINY_TEXT, TINY_VISION, byte_level_clip_tokenizer
+    from lit_sr.model.backbone import TINY_VISION
+    from lit_sr.model.clip_vocab import byte_level_clip_tokenizer
+    from lit_sr.model.families.sd import TINY_TEXT
     from lit_sr.tagging.clip import CLIPTagger, read_vocabulary
 
     torch.manual_seed(0)

@@ -88,12 +88,9 @@ class TimestepKnob(NoiseStrategy):
     def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
         return self.full_timesteps(self.parse_knob(ctx.knob), ctx.z_lq)
 
-    def unet_input(self, ctx, t):
+    def denoiser_input(self, ctx, t):
         return ctx.z_lq
 
-    def to_x0(self, ctx, t, z_in, eps_hat):
-        a = self.alpha_bar(t).to(z_in.dtype)[:, None, None, None]
-        return (z_in - (1.0 - a).sqrt() * eps_hat) / a.sqrt()
 
 
 def _val_loader(n: int = 2, size: int = 8, scale: int = 4) -> DataLoader:
@@ -124,7 +121,7 @@ def test_curve_callback_on_tiny_model_writes_one_row_per_knob(tmp_path, make_cfg
     cfg = make_cfg("val.metrics=[psnr]")
     generator = build_generator(cfg, tiny_bb)
     generator.noise = TimestepKnob()
-    generator.noise.attach(tiny_bb.alphas_cumprod)
+    generator.noise.attach(tiny_bb.parameterisation)
     system = build_system(cfg, generator)
     curve = FidelityRealismCurve(tmp_path / "curves", metrics=["ssim"], fidelity="psnr", realism="lpips",
                                  reference=[0.0, 1.0], weights=MetricWeights(allow_random=True))

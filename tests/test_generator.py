@@ -28,8 +28,8 @@ def test_lora_trains_only_adapter_params(make_cfg, tiny_bb):
     g = build_generator(make_cfg(), tiny_bb)
     trainable = {n for n, p in g.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert any(n.startswith("vae.encoder.") for n in trainable)
-    assert not any(n.startswith("vae.decoder.") for n in trainable)  # decoder frozen
+    assert any(n.startswith("vae.net.encoder.") for n in trainable)
+    assert not any(n.startswith("vae.net.decoder.") for n in trainable)  # decoder frozen
     base_before = {n: p.detach().clone() for n, p in g.named_parameters() if not p.requires_grad}
     opt = torch.optim.SGD([p for p in g.parameters() if p.requires_grad], lr=0.1)
     g.train()
@@ -70,7 +70,7 @@ def test_tiled_unet_matches_untiled_and_bounds_tile_size(make_cfg, tiny_bb):
     y, x = torch.meshgrid(torch.linspace(0, 3, 32), torch.linspace(0, 3, 32), indexing="ij")
     lq = torch.stack([torch.sin(x + y), torch.cos(x * 1.3), torch.sin(y * 0.7)])[None] * 0.4 + 0.5
     seen = []
-    hook = g.unet.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
+    hook = g.denoiser.net.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
     with torch.no_grad():
         tiled = g(lq)
         g.tile_latent = None
@@ -105,13 +105,13 @@ def test_unfuse_restores_the_pretrained_weights_and_switching(make_cfg, tiny_bb)
         for name, p in g.named_parameters():
             if "lora_B" in name:
                 p.add_(0.05)
-    base = {n: p.detach().clone() for n, p in g.unet.named_parameters() if "base_layer" in n}
-    g.adapters.fuse("unet")
-    assert any(not torch.equal(p, base[n]) for n, p in g.unet.named_parameters() if n in base)
+    base = {n: p.detach().clone() for n, p in g.denoiser.net.named_parameters() if "base_layer" in n}
+    g.adapters.fuse("denoiser")
+    assert any(not torch.equal(p, base[n]) for n, p in g.denoiser.net.named_parameters() if n in base)
     with pytest.raises(ValueError, match="fused into the base weights"):
-        g.adapters.activate(unet=[])
-    g.adapters.unfuse("unet")
-    for n, p in g.unet.named_parameters():
+        g.adapters.activate(denoiser=[])
+    g.adapters.unfuse("denoiser")
+    for n, p in g.denoiser.net.named_parameters():
         if n in base:
             torch.testing.assert_close(p, base[n])
-    g.adapters.activate(unet=[])  # switchable again
+    g.adapters.activate(denoiser=[])  # switchable again

@@ -92,7 +92,7 @@ def test_batched_folder_equals_one_by_one_and_bars_count_images_and_tiles(make_c
         assert np.abs(a - b).max() <= 1, name  # batched float kernels may round one step differently
     err = capsys.readouterr().err
     assert "images: 100%" in err and "6/6" in err
-    assert "UNet tiles" in err  # latent 4x6 or 5x4 with tile 4: several UNet tiles per pass
+    assert "denoiser tiles" in err  # latent 4x6 or 5x4 with tile 4: several denoiser tiles per pass
 
 
 def test_tile_progress_reports_every_tile_of_each_pass():

@@ -13,7 +13,9 @@ from lit_sr.config.build import build_callbacks
 from lit_sr.config.compose import CONF_DIR
 from lit_sr.config.systems import build_system
 from lit_sr.errors import ConfigError
-from lit_sr.model.adapters import OSEDIFF_UNET_TARGETS, OSEDIFF_VAE_TARGETS
+from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS
+from lit_sr.model.families.sd import UNetDenoiser
+from lit_sr.model.families.sd3 import MMDiTDenoiser
 
 DETERMINISTIC = ["noise=uniform", "loss=mse", "val.metrics=[psnr]"]  # no noise drawn anywhere in a step
 
@@ -30,11 +32,14 @@ def _trained(system) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in system.generator.trainable_state_dict().items()}
 
 
-def test_lora_target_lists_are_written_once(make_cfg):
-    cfg = make_cfg()
-    assert list(cfg.lora_targets.unet) == OSEDIFF_UNET_TARGETS and list(cfg.lora_targets.vae) == OSEDIFF_VAE_TARGETS
-    raw = "\n".join(p.read_text() for p in CONF_DIR.rglob("*.yaml") if p.name != "train.yaml")
-    assert "ff.net.0.proj" not in raw  # every other YAML refers to ${lora_targets.*}
+@pytest.mark.parametrize("backbone,denoiser", [("tiny", UNetDenoiser), ("tiny_sd3", MMDiTDenoiser)])
+def test_lora_target_lists_are_written_once(make_cfg, backbone, denoiser):
+    cfg = make_cfg(f"backbone={backbone}")  # each family's backbone YAML selects its preset file
+    assert list(cfg.lora_targets.denoiser) == denoiser.lora_presets["all"]
+    assert list(cfg.lora_targets.cross_attention) == denoiser.lora_presets["cross_attention"]
+    assert list(cfg.lora_targets.vae) == OSEDIFF_VAE_TARGETS
+    raw = "\n".join(p.read_text() for p in CONF_DIR.rglob("*.yaml") if p.parent.name != "lora_targets")
+    assert "ff.net.0.proj" not in raw and "add_k_proj" not in raw  # every other YAML refers to ${lora_targets.*}
 
 
 def test_accumulating_two_batches_of_two_equals_one_batch_of_four(make_cfg, tiny_bb):
@@ -83,7 +88,7 @@ def test_cosine_schedule_scales_each_stage_learning_rate(make_cfg, tiny_bb):
     for step, lrs in enumerate(record.lrs):
         stage_lr = 1e-3 if step < 2 else 2e-3
         for unit, lr in zip(units, lrs):
-            trained = unit == ("unet:main" if step < 2 else "vae:main")
+            trained = unit == ("denoiser:main" if step < 2 else "vae:main")
             assert lr == pytest.approx(stage_lr * factor[step] if trained else 0.0, rel=1e-6), (step, unit)
 
 
@@ -117,7 +122,7 @@ def test_ema_averages_only_the_trained_weights_and_exports_the_average(make_cfg,
     batch = {"lq": torch.rand(2, 3, 8, 8), "hq": torch.rand(2, 3, 32, 32)}
     _fit(system, [batch] * 3, max_steps=3, callbacks=[_Record(), ema], tmp_path=tmp_path)
     n_trained = sum(p.numel() for p in system.averaged_parameters())
-    assert sum(p.numel() for p in ema._average_model.module.parameters()) == n_trained  # no copy of the base
+    assert sum(t.numel() for t in ema.average) == n_trained  # no copy of the base
     expected = live[0]  # AveragedModel: the first update copies, later ones blend with decay 0.5
     for params in live[1:]:
         expected = [0.5 * e + 0.5 * p for e, p in zip(expected, params)]

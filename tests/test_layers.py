@@ -4,7 +4,12 @@
     systems  lit_sr.systems.* (LightningModules), callbacks.*
     model    lit_sr.model.*, lit_sr.metrics.*, lit_sr.tagging.*, losses.*  (plain nn.Modules; no Lightning)
     data     datamodules.*
-    base     lit_sr.errors, lit_sr.typed (error types and typed-config helpers every layer uses)
+    base     lit_sr.errors, lit_sr.typed, lit_sr.photos (error types, typed-config helpers, the cache folder
+             and bundled-photo list every layer uses)
+
+Two more rules inside the downward arrows: the model layer never imports the data layer (a cache
+location or a photo list belongs in a base module), and metrics never import losses (a network
+both use lives in the model layer).
 
 Arrows point down only, and no module imports itself back through others (no cycles), lazy
 imports inside functions included: a cycle hidden in a function is still a cycle.
@@ -63,7 +68,7 @@ def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
 
 
 def _layer(module: str) -> str:
-    if module in ("lit_sr", "lit_sr.errors", "lit_sr.typed"):  # error types and typed-config helpers of every layer
+    if module in ("lit_sr", "lit_sr.errors", "lit_sr.typed", "lit_sr.photos"):  # helpers of every layer
         return "base"
     if module.startswith(("lit_sr.model", "lit_sr.metrics", "lit_sr.tagging", "losses")):
         return "model"
@@ -82,6 +87,14 @@ def test_arrows_point_down_only():
     upward = sorted(f"{a} ({_layer(a)}) imports {b} ({_layer(b)})" for a, deps in project.items() for b in deps
                     if RANK[_layer(b)] > RANK[_layer(a)])
     assert not upward, "\n".join(upward)
+
+
+def test_model_never_imports_data_and_metrics_never_import_losses():
+    _, project = _graph()
+    bad = sorted(f"{a} imports {b}" for a, deps in project.items() for b in deps
+                 if (_layer(a) == "model" and _layer(b) == "data")
+                 or (a.startswith("lit_sr.metrics") and b.startswith("losses")))
+    assert not bad, "\n".join(bad)
 
 
 def test_model_side_uses_no_lightning_system_or_callback():

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from lit_sr.errors import ConfigError
-from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.model.noise.base import NoiseContext
 from lit_sr.model.noise.ldg import LDGNoise, latent_cosine
+from lit_sr.model.parameterisation import SD_SCHEDULER, from_scheduler_config
 
 
 def _ldg(**kwargs) -> LDGNoise:
     noise = LDGNoise(**kwargs)
-    noise.attach(schedule_alphas_cumprod())
+    noise.attach(from_scheduler_config(SD_SCHEDULER))
     return noise
 
 
@@ -88,15 +88,15 @@ def test_presets_and_knob_parsing():
     assert ldg.timesteps(ctx).tolist() == [250, 250]
 
 
-def test_unet_sees_the_clean_latent_and_x0_conversion():
+def test_denoiser_sees_the_clean_latent_and_x0_conversion():
     ldg = _ldg()
     z = torch.randn(3, 4, 8, 8)
     ctx = NoiseContext(lq_up=torch.zeros(3, 3, 32, 32), z_lq=z, training=False)
     t = torch.tensor([250, 500, 750])
-    z_in = ldg.unet_input(ctx, t)
+    z_in = ldg.denoiser_input(ctx, t)
     assert z_in is z
     eps = torch.randn_like(z)
-    a = ldg.alpha_bar(t)[:, None, None, None]
+    a = ldg.parameterisation.alpha_bar(t)[:, None, None, None]
     torch.testing.assert_close(ldg.to_x0(ctx, t, z_in, eps), (z - (1 - a).sqrt() * eps) / a.sqrt())
     # the reference code's fixed-ᾱ quirk: the same ᾱ for every t
     quirk = _ldg(fixed_alpha_x0=0.7537)
@@ -220,3 +220,21 @@ def test_training_calibrates_once_caches_exports_and_resumes_with_the_same_group
                    "ckpt_path=last"])
     assert "noise calibration" not in caplog.text
     assert list(OmegaConf.load(tmp_path / "a" / "adapter" / "config.yaml").noise.edges) == edges
+
+
+def test_ldg_groups_map_to_sigma_on_flow():
+    """LDG's groups t ∈ {250, 500, 750} are σ ≈ 0.50 / 0.75 / 0.90 at SD3's shift 3; ẑ = z_L − σ_t·v̂."""
+    from lit_sr.model.parameterisation import FlowMatching
+
+    param = FlowMatching(1000, 3.0)
+    ldg = _ldg()
+    ldg.attach(param)
+    t = ldg.timestep_for(torch.tensor([0.35, 0.6, 0.85]))
+    assert t.tolist() == [750, 500, 250]
+    torch.testing.assert_close(param.sigma(t), torch.tensor([0.9005, 0.7507, 0.5013]), atol=2e-4, rtol=0)
+    z, v = torch.randn(3, 16, 4, 4), torch.randn(3, 16, 4, 4)
+    ctx = NoiseContext(lq_up=torch.zeros(3, 3, 16, 16), z_lq=z, training=False)
+    torch.testing.assert_close(ldg.to_x0(ctx, t, ldg.denoiser_input(ctx, t), v), z - param.sigma(t)[:, None, None, None] * v)
+    quirk = _ldg(fixed_alpha_x0=0.7537)
+    with pytest.raises(ValueError, match="fixed_alpha_x0 is the reference code's ε-prediction shortcut"):
+        quirk.attach(param)

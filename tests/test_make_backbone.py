@@ -52,18 +52,26 @@ def test_bpe_table_is_read_from_a_wheel_and_checked(bpe, tmp_path):
 
 def test_published_schedulers_share_sd21s_noise_schedule(tmp_path):
     """SD-2.1-base ships PNDM, SD-Turbo Euler with trailing spacing (one step lands on t = 999)."""
-    from diffusers import EulerDiscreteScheduler, PNDMScheduler
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-    from lit_sr.model.backbone import SD_SCHEDULE, read_schedule, schedule_alphas_cumprod
+    from lit_sr.model.parameterisation import (
+        SD_SCHEDULER,
+        EpsilonPrediction,
+        from_scheduler_config,
+        read_parameterisation,
+    )
 
-    classes = {"sd21-base": PNDMScheduler, "sd-turbo": EulerDiscreteScheduler}
+    classes = {"sd21-base": PNDMScheduler, "sd-turbo": EulerDiscreteScheduler, "sd21-768v": DDIMScheduler}
     for arch, spec in ARCHITECTURES.items():
         folder = tmp_path / arch / "scheduler"
         folder.mkdir(parents=True)
         (folder / "scheduler_config.json").write_text(json.dumps(spec["scheduler"]))
         sched = classes[arch].from_pretrained(folder.parent, subfolder="scheduler")
-        assert type(sched) is classes[arch] and sched.config.prediction_type == "epsilon"
-        assert read_schedule(str(folder.parent)).equal(schedule_alphas_cumprod(**SD_SCHEDULE))
+        kind = "v_prediction" if arch == "sd21-768v" else "epsilon"  # the 768 model predicts v
+        assert type(sched) is classes[arch] and sched.config.prediction_type == kind
+        param = read_parameterisation(str(folder.parent))
+        assert param.kind == kind and (kind != "epsilon" or isinstance(param, EpsilonPrediction))
+        assert param.alphas_cumprod.equal(from_scheduler_config(SD_SCHEDULER).alphas_cumprod)
     sched.set_timesteps(1)
     assert sched.timesteps.tolist() == [999]
 
@@ -85,7 +93,8 @@ def test_bert_vocabulary_has_berts_layout(bpe, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--arch", "sam2-hiera-tiny", "--text-layers", "2"], "--text-layers applies to sd21-base / sd-turbo only"),
+    (["--arch", "sam2-hiera-tiny", "--text-layers", "2"], "--text-layers applies to sd21-base / sd21-768v / sd-turbo / sd3-medium / sd35-medium only"),
+    (["--arch", "sd21-base", "--layers", "2"], "--layers applies to sd3-medium / sd35-medium only"),
     (["--arch", "grounding-dino-tiny", "--with-image-encoder"], "--with-image-encoder applies to"),
     (["--arch", "sd21-base", "--vision-layers", "2"], "--vision-layers needs --with-image-encoder"),
     (["--arch", "sd21-base", "--text-layers", "24"], "text_layers must be in [1, 23]"),

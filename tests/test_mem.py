@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from lit_sr.errors import WeightsError
-from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.model.mem import MetricEstimator, generator_latents, load_mem, mem_features, save_mem
 from lit_sr.model.noise.base import NoiseContext
 from lit_sr.model.noise.ldg import LDGNoise, latent_cosine
+from lit_sr.model.parameterisation import SD_SCHEDULER, from_scheduler_config
 from lit_sr.systems.mem import MEMSystem
 
 
@@ -85,7 +85,7 @@ def test_file_round_trip_and_errors(trained_mem, tmp_path):
 def test_adaptive_knob_uses_the_mem_estimate(trained_mem, tmp_path):
     path = save_mem(trained_mem, tmp_path / "mem.safetensors")
     ldg = LDGNoise(mem_weights=str(path))
-    ldg.attach(schedule_alphas_cumprod())
+    ldg.attach(from_scheduler_config(SD_SCHEDULER))
     assert ldg.parse_knob("adaptive") == "adaptive"
     assert not any(True for _ in ldg.parameters())  # the MEM is not part of the generator's state
     z_l, x, m = _synthetic(32, torch.Generator().manual_seed(4))

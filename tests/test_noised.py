@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.model.noise.base import NoiseContext
 from lit_sr.model.noise.noised import NoisedLatent
 from lit_sr.model.noise.rgpa import RGPANoise
+from lit_sr.model.parameterisation import SD_SCHEDULER, from_scheduler_config
 
 
 def _ctx(seed: int) -> NoiseContext:
@@ -17,14 +17,14 @@ def _ctx(seed: int) -> NoiseContext:
 
 
 def test_equals_rgpa_with_a_flat_weight_map_and_inverts_exactly():
-    abar = schedule_alphas_cumprod()
+    abar = from_scheduler_config(SD_SCHEDULER)
     noised, flat = NoisedLatent(), RGPANoise(low=1.0, high=1.0)  # W = 1 everywhere
     noised.attach(abar)
     flat.attach(abar)
     a, b = _ctx(7), _ctx(7)
     t = noised.timesteps(a)
     assert t.tolist() == [200, 200] and torch.equal(t, flat.timesteps(b))
-    z_a, z_b = noised.unet_input(a, t), flat.unet_input(b, t)
+    z_a, z_b = noised.denoiser_input(a, t), flat.denoiser_input(b, t)
     torch.testing.assert_close(z_a, z_b)
     eps_hat = torch.randn_like(z_a)
     torch.testing.assert_close(noised.to_x0(a, t, z_a, eps_hat), flat.to_x0(b, t, z_b, eps_hat))
@@ -33,6 +33,6 @@ def test_equals_rgpa_with_a_flat_weight_map_and_inverts_exactly():
 
 def test_knob_range_is_named():
     s = NoisedLatent()
-    s.attach(schedule_alphas_cumprod())
+    s.attach(from_scheduler_config(SD_SCHEDULER))
     with pytest.raises(ValueError, match=r"valid range \[0, 1000\)"):
         s.parse_knob(1200)

@@ -39,7 +39,7 @@ def _trained_export(make_cfg, tiny_bb, path, overrides):
 def test_pipeline_reproduces_the_cli_exactly_and_the_export_is_complete(preset, make_cfg, tiny_bb, tmp_path):
     model, g = _trained_export(make_cfg, tiny_bb, tmp_path / "model", PRESETS[preset])
     manifest = json.loads((model / "lit_sr_export.json").read_text())
-    assert manifest["unet_adapters"] == g.unet_adapters and manifest["vae_adapters"] == g.vae_adapters
+    assert manifest["denoiser_adapters"] == g.denoiser_adapters and manifest["vae_adapters"] == g.vae_adapters
     expected_modules = {"codsr": ["modulation"], "rcod": ["conditioner"]}.get(preset, [])
     assert manifest["modules"] == expected_modules
     card = (model / "README.md").read_text()
@@ -69,10 +69,10 @@ def test_adapter_weights_are_a_second_dial(make_cfg, tiny_bb, tmp_path):
     full = np.asarray(pipe(lq, seed=0), np.int16)
     pipe.set_adapters(["alignment"], [0.0])  # the stage-2 (semantic) LoRA off
     off = np.asarray(pipe(lq, seed=0), np.int16)
-    with pipe.generator.adapters.using(unet=["main"]):  # the same network without the adapter at all
+    with pipe.generator.adapters.using(denoiser=["main"]):  # the same network without the adapter at all
         without = np.asarray(pipe(lq, seed=0), np.int16)
     assert np.array_equal(off, without) and np.abs(off - full).max() > 0
-    with pytest.raises(Exception, match="unknown unet adapter"):
+    with pytest.raises(Exception, match="unknown denoiser adapter"):
         pipe.set_adapters(["nope"], [1.0])
 
 
@@ -100,5 +100,5 @@ def test_speed_options_keep_the_output(make_cfg, tiny_bb, tmp_path, options):
     b = fast.images(lq, seed=0)[0][""]
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     if "compile" in options:
-        assert hasattr(fast.generator.unet.forward, "_torchdynamo_orig_callable") or "compile" in repr(
-            fast.generator.unet.forward)
+        assert hasattr(fast.generator.denoiser.net.forward, "_torchdynamo_orig_callable") or "compile" in repr(
+            fast.generator.denoiser.net.forward)

@@ -28,18 +28,18 @@ def test_every_preset_file_is_listed():
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_sets_the_recipe_not_the_backbone(name):
     cfg = compose([f"experiment={name}", *EXTRA[name][0]])
-    assert cfg.backbone._target_.endswith("tiny_backbone")
+    assert cfg.backbone._target_.endswith("tiny_sd")
     assert cfg.optim.lr == 5e-5 and cfg.data.batch_size == 4
-    unet = cfg.lora.unet
-    ranks = {k: v.rank for k, v in unet.items()}
+    ranks = {k: v.rank for k, v in cfg.lora.denoiser.items()}
     assert ranks == {"osediff": {"main": 4}, "rcod": {"main": 4}, "codsr": {"main": 16},
                      "ifcsr": {"fidelity": 4, "realism": 4}}[name]
 
 
+@pytest.mark.parametrize("backbone", ["tiny", "tiny_sd3"])  # both families: UNet/ε and MM-DiT/flow matching
 @pytest.mark.parametrize("name", PRESETS)
-def test_preset_trains_two_steps_on_the_tiny_backbone(name, tmp_path):
+def test_preset_trains_two_steps_on_the_tiny_backbone(name, backbone, tmp_path):
     extra, last_stage = EXTRA[name]
-    trainer = train.run([f"experiment={name}", f"run_dir={tmp_path}", *FAST, *extra])
+    trainer = train.run([f"experiment={name}", f"backbone={backbone}", f"run_dir={tmp_path}", *FAST, *extra])
     system = trainer.lightning_module
     assert trainer.global_step == 2 and system.stage_index == last_stage
     metrics = trainer.callback_metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -154,20 +155,22 @@ def _check_run(run_dir: Path, rss: float, record_property) -> dict[str, float]:
 def test_load_backbone_reads_the_published_shapes(sd21_dir):
     from diffusers import PNDMScheduler
 
-    from lit_sr.model.backbone import SD_SCHEDULE, load_backbone, schedule_alphas_cumprod
+    from lit_sr.model.families.sd import load_sd
+    from lit_sr.model.parameterisation import SD_SCHEDULER, EpsilonPrediction, from_scheduler_config
 
-    bb = load_backbone(str(sd21_dir), vision_encoder=str(sd21_dir / "image_encoder"))
+    bb = load_sd(str(sd21_dir), vision_encoder=str(sd21_dir / "image_encoder"))
     def count(module: torch.nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
 
-    assert count(bb.unet) == 865_910_724 and count(bb.vae) == 83_653_863  # SD-2.1's 865 M UNet, 84 M VAE
-    assert bb.unet.conv_in.out_channels == 320 and bb.cross_attention_dim == 1024
-    assert bb.vae_scale_factor == 8 and bb.latent_channels == 4 and bb.vae.config.scaling_factor == 0.18215
-    te, vis = bb.text_encoder.config, bb.vision_encoder.config
+    assert count(bb.denoiser) == 865_910_724 and count(bb.autoencoder) == 83_653_863  # SD-2.1's 865 M UNet, 84 M VAE
+    assert bb.denoiser.modulation_channels == 320 and bb.denoiser.cond_width == 1024
+    assert bb.vae_scale_factor == 8 and bb.latent_channels == 4 and bb.autoencoder.scaling_factor == 0.18215
+    te, vis = bb.prompts.text_encoder.config, bb.vision_encoder.config
     assert (te.hidden_size, te.num_hidden_layers, te.vocab_size) == (1024, ENCODER_LAYERS, 49408)
     assert (vis.hidden_size, vis.patch_size, vis.image_size) == (1280, 14, 224)
     assert bb.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
-    torch.testing.assert_close(bb.alphas_cumprod, schedule_alphas_cumprod(**SD_SCHEDULE))
+    assert isinstance(bb.parameterisation, EpsilonPrediction)
+    torch.testing.assert_close(bb.parameterisation.alphas_cumprod, from_scheduler_config(SD_SCHEDULER).alphas_cumprod)
     assert isinstance(PNDMScheduler.from_pretrained(sd21_dir, subfolder="scheduler"), PNDMScheduler)
 
 
@@ -176,7 +179,7 @@ def test_preset_trains_at_real_size(name, trained, sd21_dir, record_property):
     run_dir, rss = trained(name, *PRESETS[name], *(_vision(sd21_dir) if name == "rcod" else []))
     losses = _check_run(run_dir, rss, record_property)
     state = load_file(str(run_dir / "adapter" / "lit_sr_state.safetensors"))
-    cross = [v.shape for k, v in state.items() if k.startswith("unet.") and "attn2.to_k.lora_A" in k]
+    cross = [v.shape for k, v in state.items() if k.startswith("denoiser.") and "attn2.to_k.lora_A" in k]
     assert cross and all(s[1] == 1024 for s in cross)  # the cross-attention reads 1024-wide OpenCLIP tokens
     if name == "rcod":  # VPIM: 1280-wide CLIP-H/14 tokens → 1024-wide cross-attention
         mlp = {k: v.shape for k, v in state.items() if k.startswith("conditioner.mlp") and k.endswith("weight")}
@@ -277,8 +280,24 @@ def test_exported_lora_loads_into_a_stock_diffusers_pipeline(trained, sd21_dir):
     t = torch.tensor([999])
     with torch.no_grad():
         theirs = pipe.unet(z, t, encoder_hidden_states=ehs).sample
-        ours = generator.unet(z, t, encoder_hidden_states=ehs).sample
+        ours = generator.denoiser.net(z, t, encoder_hidden_states=ehs).sample
         generator.adapters.activate([], [])
-        base = generator.unet(z, t, encoder_hidden_states=ehs).sample
+        base = generator.denoiser.net(z, t, encoder_hidden_states=ehs).sample
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
     assert (ours - base).abs().max() > 1e-4  # one training step already moves the output: the LoRA is in
+
+
+def test_a_v_prediction_folder_trains_and_infers_as_v(tmp_path, record_property):
+    """SD-2.1 768-v's layout (v-prediction scheduler): read as v, trained and run — never treated as ε."""
+    folder = cached_model("sd21-768v", "--text-layers", str(ENCODER_LAYERS))
+    run_dir = tmp_path / "run"
+    _, rss = run_measured(["train.py", f"run_dir={run_dir}", "backbone=sd21", f"backbone.path={folder}",
+                           *TRAIN, *PRESETS["osediff"]])
+    record_property("peak_rss_gb", round(rss, 2))
+    manifest = json.loads((run_dir / "adapter" / "lit_sr_export.json").read_text())
+    assert manifest["parameterisation"]["kind"] == "v_prediction"
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "in" / "x.png")
+    run_measured(["-m", "lit_sr.infer", "--model", str(run_dir / "adapter"), "--input", str(tmp_path / "in"),
+                  "--output", str(tmp_path / "out")])
+    assert np.asarray(Image.open(tmp_path / "out" / "x.png")).shape == (128, 128, 3)

@@ -113,7 +113,7 @@ def test_a_failed_export_leaves_the_previous_folder_untouched(make_cfg, tiny_bb,
     out = export.export_adapter(g, tmp_path / "adapter")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with torch.no_grad():
-        next(iter(g.adapters.parameters("unet", "main").values())).add_(1.0)  # the new export would differ
+        next(iter(g.adapters.parameters("denoiser", "main").values())).add_(1.0)  # the new export would differ
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -131,7 +131,7 @@ def test_non_finite_weights_are_never_exported(make_cfg, tiny_bb, tmp_path):
 
     g = build_generator(make_cfg(), tiny_bb)
     with torch.no_grad():
-        next(iter(g.adapters.parameters("unet", "main").values())).fill_(float("nan"))
+        next(iter(g.adapters.parameters("denoiser", "main").values())).fill_(float("nan"))
     with pytest.raises(WeightsError, match="non-finite"):
         export_adapter(g, tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()

@@ -5,15 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_sr.model.backbone import schedule_alphas_cumprod
 from lit_sr.model.noise.base import NoiseContext
 from lit_sr.model.noise.rgpa import RGPANoise, gradient_weight, patch_weight
+from lit_sr.model.parameterisation import SD_SCHEDULER, from_scheduler_config
 
 
 @pytest.fixture(scope="module")
 def rgpa() -> RGPANoise:
     noise = RGPANoise()
-    noise.attach(schedule_alphas_cumprod())
+    noise.attach(from_scheduler_config(SD_SCHEDULER))
     return noise
 
 
@@ -85,9 +85,9 @@ def test_injected_noise_std_follows_sqrt_one_minus_abar_times_weight(rgpa):
     n = 800
     ctx = _ctx(img, (16, 16), batch=n, gen=torch.Generator().manual_seed(3))
     t = torch.full((n,), 300)
-    z_t = rgpa.unet_input(ctx, t)
+    z_t = rgpa.denoiser_input(ctx, t)
     aux = ctx.extras
-    a = float(rgpa.alpha_bar(t[:1]))
+    a = float(rgpa.parameterisation.alpha_bar(t[:1]))
     noise_part = z_t - a ** 0.5 * ctx.z_lq  # z_L = 0 here, kept for clarity
     std = noise_part.std(dim=0)  # per latent pixel and channel, over draws
     expected = (1 - a) ** 0.5 * aux["rgpa_weight"][0]
@@ -103,12 +103,12 @@ def test_eps_hat_equal_to_injected_noise_returns_lq_latent_exactly(rgpa):
     img = torch.rand(2, 3, 64, 64) * 2 - 1
     ctx = NoiseContext(lq_up=img, z_lq=torch.randn(2, 4, 16, 16), training=False, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([100, 400])
-    z_t = rgpa.unet_input(ctx, t)
+    z_t = rgpa.denoiser_input(ctx, t)
     aux = ctx.extras
     assert torch.equal(rgpa.to_x0(ctx, t, z_t, aux["eps"]), ctx.z_lq)
     # any ε̂: the DDPM x0 estimate from z_t, written around z_L
     eps_hat = torch.randn_like(z_t)
-    a = rgpa.alpha_bar(t)[:, None, None, None]
+    a = rgpa.parameterisation.alpha_bar(t)[:, None, None, None]
     torch.testing.assert_close(rgpa.to_x0(ctx, t, z_t, eps_hat), (z_t - (1 - a).sqrt() * eps_hat) / a.sqrt(),
                                rtol=1e-4, atol=1e-4)
 
@@ -121,7 +121,7 @@ def test_training_timesteps_range_and_seed(rgpa):
     ctx.generator = torch.Generator().manual_seed(5)
     assert torch.equal(rgpa.timesteps(ctx), t1)
     ctx.generator = None  # inference-style call without a generator still works
-    assert rgpa.unet_input(ctx, t1).shape == ctx.z_lq.shape
+    assert rgpa.denoiser_input(ctx, t1).shape == ctx.z_lq.shape
 
 
 def test_knob_parsing(rgpa):
@@ -184,3 +184,28 @@ def test_knob_is_monotone_on_a_trained_tiny_model(make_cfg, tiny_bb):
             sr = g.step(lq, knob=str(t), generator=torch.Generator().manual_seed(11)).sr
             dist.append(float((sr - base).abs().mean()))
     assert all(d1 < d2 for d1, d2 in zip(dist, dist[1:])), dict(zip(ts, dist))
+
+
+def test_flow_rgpa_injects_weighted_noise_in_sigma():
+    """On a flow-matching backbone RGPA's map weights the noise of z_t = (1−σ)·z_L + σ·ε_a (docs/backbones.md)."""
+    from lit_sr.model.parameterisation import FlowMatching
+
+    param = FlowMatching(1000, 3.0)
+    rgpa = RGPANoise()
+    rgpa.attach(param)
+    g = torch.Generator().manual_seed(0)
+    lq = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    lq[..., :, :32] = 0.0  # a flat half (low weight) beside a noisy one (high weight)
+    z = torch.randn(1, 4, 16, 16, generator=g)
+    ctx = NoiseContext(lq_up=lq, z_lq=z, training=False, knob=250, generator=torch.Generator().manual_seed(5))
+    t = rgpa.timesteps(ctx)
+    z_t = rgpa.denoiser_input(ctx, t)
+    sigma = 3 * 0.251 / (1 + 2 * 0.251)  # σ at t = 250, shift 3
+    weight = ctx.extras["rgpa_weight"]
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ctx.extras["eps"], weight * eps)
+    torch.testing.assert_close(z_t, (1 - sigma) * z + sigma * weight * eps)
+    assert float(weight[..., :, :4].max()) == pytest.approx(0.3) and float(weight[..., :, 12:].min()) == 1.0
+    v = torch.randn_like(z)
+    torch.testing.assert_close(rgpa.to_x0(ctx, t, z_t, v), z_t - sigma * v, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(rgpa.to_x0(ctx, t, z_t, weight * eps - z), z, atol=1e-6)  # the true velocity gives z_L

@@ -42,9 +42,9 @@ class _Record(L.Callback):
 def _snapshot(system) -> dict[str, dict[str, torch.Tensor]]:
     g = system.generator
     return {
-        "main": {n: p.detach().clone() for n, p in g.adapters.parameters("unet", "main").items()},
+        "main": {n: p.detach().clone() for n, p in g.adapters.parameters("denoiser", "main").items()},
         "vae": {n: p.detach().clone() for n, p in g.adapters.parameters("vae", "main").items()},
-        "cross": {n: p.detach().clone() for n, p in g.adapters.parameters("unet", "cross").items()},
+        "cross": {n: p.detach().clone() for n, p in g.adapters.parameters("denoiser", "cross").items()},
     }
 
 
@@ -64,18 +64,18 @@ def _fit(system, max_steps: int, root, ckpt_path=None) -> tuple[L.Trainer, _Reco
 
 def test_stage_two_trains_only_the_new_cross_attention_lora(make_cfg, tiny_bb, tmp_path):
     system = build_system(_cfg(make_cfg), backbone=tiny_bb)
-    cross = system.generator.adapters.parameters("unet", "cross")
+    cross = system.generator.adapters.parameters("denoiser", "cross")
     assert cross and all(".attn2." in n for n in cross)  # cross-attention layers only
-    assert system.generator.adapters.active["unet"] == ["main"]  # stage 1: the stage-2 adapter is off
+    assert system.generator.adapters.active["denoiser"] == ["main"]  # stage 1: the stage-2 adapter is off
     trainer, rec = _fit(system, 3, tmp_path)
     assert trainer.global_step == 3 and [r["stage"] for r in rec.rows] == [0, 1, 1]
     for row in rec.rows[:1]:
         assert _moved(row, "main") and _moved(row, "vae") and not _moved(row, "cross")
     for row in rec.rows[1:]:
         assert not _moved(row, "main") and not _moved(row, "vae") and _moved(row, "cross")
-    assert system.generator.adapters.active["unet"] == ["main", "cross"]  # the frozen stage-1 LoRA stays active
+    assert system.generator.adapters.active["denoiser"] == ["main", "cross"]  # the frozen stage-1 LoRA stays active
     groups = [g["name"] for g in trainer.optimizers[0].param_groups]
-    assert groups == ["unet:main", "vae:main", "unet:cross"]  # one layout for every stage
+    assert groups == ["denoiser:main", "vae:main", "denoiser:cross"]  # one layout for every stage
     assert [g["lr"] for g in trainer.optimizers[0].param_groups] == [0.0, 0.0, system.lr]
 
 
@@ -108,7 +108,7 @@ def test_schedule_maps_iterations_to_stages():
 
 @pytest.mark.parametrize("change,message", [
     ({"merge": ["main"]}, "stages\\[1\\].merge is not supported"),
-    ({"train_adapters": ["nope"]}, "unknown UNet adapter 'nope'"),
+    ({"train_adapters": ["nope"]}, "unknown denoiser adapter 'nope'"),
     ({"freeze": ["main", "cross"]}, "'cross' is both trained and frozen"),
     ({"losses": {"lpipz": 1.0}}, "unknown loss term 'lpipz'"),
     ({"blend": {"gamma": "uniform"}}, "needs model.endpoints"),

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from skimage import data, filters
 
-import losses.lpips as lpips_mod
+import lit_sr.model.lpips as lpips_mod
 from lit_sr.errors import WeightsError
+from lit_sr.model.lpips import LPIPS
 from lit_sr.model.vgg import LPIPS_TAPS, VGG16_LAYERS, L2Pool2d, VGG16Features, load_vgg16_weights
-from losses.lpips import LPIPS, LPIPSLoss
+from losses.lpips import LPIPSLoss
 
 # The public VGG16 ("configuration D") as torchvision lays out ``features``: index → conv (in, out).
 TV_CONVS = {
@@ -242,7 +243,7 @@ def test_lpips_loads_lpips_vgg_pth_layout(tmp_path, lpips_model):
 
 def test_uncalibrated_warning_logged_once(monkeypatch, caplog):
     monkeypatch.setattr(lpips_mod, "_warned_uncalibrated", False)
-    with caplog.at_level(logging.WARNING, logger="losses.lpips"):
+    with caplog.at_level(logging.WARNING, logger="lit_sr.model.lpips"):
         LPIPS()
         LPIPS()
     hits = [r for r in caplog.records if "uncalibrated" in r.getMessage()]

@@ -27,26 +27,26 @@ def _perturb(module, marker: str, seed: int = 0, scale: float = 0.05) -> None:
 def _fake_output(generator, b: int = 2, t: torch.Tensor | None = None) -> SROutput:
     g = torch.Generator().manual_seed(1)
     z = torch.randn(b, 4, 8, 8, generator=g).requires_grad_(True)
-    ehs = generator.conditioner(torch.zeros(b, 3, 32, 32))
+    cond = generator.conditioner(torch.zeros(b, 3, 32, 32))
     t = t if t is not None else torch.full((b,), 999)
-    return SROutput(sr=torch.rand(b, 3, 32, 32), z_hat=z, z_lq=z.detach(), t=t, eps_hat=z.detach(),
-                    encoder_hidden_states=ehs, lq_up=torch.rand(b, 3, 32, 32), z_in=z.detach())
+    return SROutput(sr=torch.rand(b, 3, 32, 32), z_hat=z, z_lq=z.detach(), t=t, pred=z.detach(), cond=cond,
+                    lq_up=torch.rand(b, 3, 32, 32), z_in=z.detach())
 
 
-def test_real_and_fake_scores_are_the_generators_unet(make_cfg, tiny_bb):
+def test_real_and_fake_scores_are_the_generators_denoiser(make_cfg, tiny_bb):
     system = _system(make_cfg, tiny_bb)
     g, vsd = system.generator, system.losses["vsd"]
     assert list(vsd.parameters()) == []  # no copy of any network inside the term
-    assert "vsd_fake" in g.adapters.names("unet") and "vsd_fake" not in g.unet_adapters
+    assert "vsd_fake" in g.adapters.names("denoiser") and "vsd_fake" not in g.denoiser_adapters
     # Every base weight exists once in the whole system (no duplicated storage).
-    base = [p for n, p in g.unet.named_parameters() if "lora_" not in n]
+    base = [p for n, p in g.denoiser.net.named_parameters() if "lora_" not in n]
     ptrs = [p.data_ptr() for p in system.parameters()]
     assert all(ptrs.count(p.data_ptr()) == 1 for p in base)
     own = {id(p) for p in vsd.own_parameters()}
-    assert own and own <= {id(p) for p in g.unet.parameters()}
-    # Both score passes run through the generator's UNet module (CFG batched: 2 calls in all).
+    assert own and own <= {id(p) for p in g.denoiser.net.parameters()}
+    # Both score passes run through the generator's denoiser (CFG batched: 2 calls in all).
     calls = []
-    hook = g.unet.register_forward_pre_hook(lambda m, a, kw: calls.append(a[0].shape[0]), with_kwargs=True)
+    hook = g.denoiser.net.register_forward_pre_hook(lambda m, a, kw: calls.append(a[0].shape[0]), with_kwargs=True)
     out = _fake_output(g)
     vsd(out, {"rng": torch.Generator().manual_seed(0)})
     hook.remove()
@@ -56,7 +56,7 @@ def test_real_and_fake_scores_are_the_generators_unet(make_cfg, tiny_bb):
 def test_gradient_is_scaled_fake_minus_real_over_w(make_cfg, tiny_bb):
     system = _system(make_cfg, tiny_bb)
     g, vsd = system.generator, system.losses["vsd"]
-    _perturb(g.unet, "vsd_fake")  # a fake score that differs from the real one
+    _perturb(g.denoiser.net, "vsd_fake")  # a fake score that differs from the real one
     rng = torch.Generator().manual_seed(7)  # draws replayed below
     t = vsd.sample_timesteps(torch.full((2,), 999), 2, torch.device("cpu"), rng)
     noise = torch.randn(2, 4, 8, 8, generator=rng)
@@ -64,7 +64,7 @@ def test_gradient_is_scaled_fake_minus_real_over_w(make_cfg, tiny_bb):
         vsd.mse_scale = mse_scale
         out = _fake_output(g)
         vsd(out, {"rng": torch.Generator().manual_seed(7)}).backward()
-        x0_real, x0_fake, w = vsd.score_targets(out.z_hat, out.encoder_hidden_states, t, noise)
+        x0_real, x0_fake, w = vsd.score_targets(out.z_hat, out.cond, t, noise)
         assert (x0_fake - x0_real).abs().max() > 1e-4
         expected = mse_scale * 2.0 / out.z_hat.numel() * (x0_fake - x0_real) / w
         torch.testing.assert_close(out.z_hat.grad, expected, rtol=1e-4, atol=1e-9)
@@ -76,13 +76,13 @@ def test_gradient_is_scaled_fake_minus_real_over_w(make_cfg, tiny_bb):
 def test_generator_loss_gives_no_gradient_to_the_fake_adapter(make_cfg, tiny_bb):
     system = _system(make_cfg, tiny_bb)
     g, vsd = system.generator, system.losses["vsd"]
-    _perturb(g.unet, "vsd_fake")
+    _perturb(g.denoiser.net, "vsd_fake")
     batch = {"lq": torch.rand(2, 3, 8, 8), "hq": torch.rand(2, 3, 32, 32), "rng": torch.Generator().manual_seed(0)}
     out = g.step(batch["lq"], hq=batch["hq"], batch=batch)
     vsd(out, batch).backward()
     assert all(p.grad is None for p in vsd.own_parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0
-               for n, p in g.unet.named_parameters() if ".main." in n and "lora_" in n)
+               for n, p in g.denoiser.net.named_parameters() if ".main." in n and "lora_" in n)
 
 
 def test_fake_update_changes_only_the_fake_adapter(make_cfg, tiny_bb):
@@ -101,7 +101,7 @@ def test_fake_update_changes_only_the_fake_adapter(make_cfg, tiny_bb):
     changed = {n for n, p in system.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(".vsd_fake." in n for n in changed)
     assert all(not p.requires_grad for p in own)  # frozen again outside the aux phase
-    assert g.adapters.active["unet"] == ["main"]  # adapter switches restored the generator's active set
+    assert g.adapters.active["denoiser"] == ["main"]  # adapter switches restored the generator's active set
 
 
 def test_das_timesteps_stay_in_their_window(make_cfg, tiny_bb):
@@ -142,9 +142,9 @@ def test_das_follows_per_sample_timesteps_of_ldg_and_rgpa(make_cfg, tiny_bb, noi
 def test_fake_adapter_exists_from_build_and_negative_prompt_comes_from_the_conditioner(make_cfg, tiny_bb):
     cfg = make_cfg("loss=osediff_vsd", "conditioning=text", "val.metrics=[psnr]")
     g = build_generator(cfg, tiny_bb)
-    assert "vsd_fake" in g.adapters.names("unet")  # stable checkpoint/export keys
-    assert g.adapters.active["unet"] == ["main"]
-    assert not any(p.requires_grad for p in g.adapters.parameters("unet", "vsd_fake").values())
+    assert "vsd_fake" in g.adapters.names("denoiser")  # stable checkpoint/export keys
+    assert g.adapters.active["denoiser"] == ["main"]
+    assert not any(p.requires_grad for p in g.adapters.parameters("denoiser", "vsd_fake").values())
     system = build_system(cfg, generator=g)
-    neg = system.losses["vsd"].negative_embedding
-    torch.testing.assert_close(neg, g.conditioner.negative_embedding().float())
+    neg = system.losses["vsd"].negative_embedding.get()
+    torch.testing.assert_close(neg.tokens, g.conditioner.negative_embedding().tokens.float())

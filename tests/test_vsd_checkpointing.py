@@ -28,14 +28,14 @@ def _fake_score_grads(system, out, seed: int) -> dict[str, torch.Tensor]:
         p.grad = None
     with only_trainable(system, own):  # the system's aux phase
         vsd.aux_loss(out, {"rng": torch.Generator().manual_seed(seed)}).backward()
-    return {n: p.grad.clone() for n, p in system.generator.unet.named_parameters()
+    return {n: p.grad.clone() for n, p in system.generator.denoiser.net.named_parameters()
             if ".vsd_fake." in n and p.grad is not None}
 
 
 def test_fake_score_gradients_equal_with_and_without_checkpointing(make_cfg, tiny_bb):
     plain = _system(make_cfg, copy.deepcopy(tiny_bb), ckpt=False)
     ckpt = _system(make_cfg, tiny_bb, ckpt=True)
-    assert ckpt.generator.unet.is_gradient_checkpointing and not plain.generator.unet.is_gradient_checkpointing
+    assert ckpt.generator.denoiser.net.is_gradient_checkpointing and not plain.generator.denoiser.net.is_gradient_checkpointing
     # Generator and fake adapters that differ from each other (and from zero-initialised B):
     # a recomputation with the wrong adapter active then gives different gradients.
     g = torch.Generator().manual_seed(0)
@@ -50,9 +50,9 @@ def test_fake_score_gradients_equal_with_and_without_checkpointing(make_cfg, tin
     rng = torch.Generator().manual_seed(1)
     b = 2
     z = torch.randn(b, 4, 8, 8, generator=rng)
-    ehs = gen.conditioner(torch.zeros(b, 3, 32, 32)).detach()
-    out = SROutput(sr=torch.rand(b, 3, 32, 32), z_hat=z, z_lq=z, t=torch.full((b,), 999), eps_hat=z,
-                   encoder_hidden_states=ehs, lq_up=torch.rand(b, 3, 32, 32), z_in=z)
+    cond = gen.conditioner(torch.zeros(b, 3, 32, 32)).detach()
+    out = SROutput(sr=torch.rand(b, 3, 32, 32), z_hat=z, z_lq=z, t=torch.full((b,), 999), pred=z, cond=cond,
+                   lq_up=torch.rand(b, 3, 32, 32), z_in=z)
     ref = _fake_score_grads(plain, out, seed=2)
     got = _fake_score_grads(ckpt, out, seed=2)
     assert ref and set(got) == set(ref)
@@ -61,4 +61,4 @@ def test_fake_score_gradients_equal_with_and_without_checkpointing(make_cfg, tin
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=f"{name}")
     # Only the fake adapter received gradients, and the generator's adapters are active again.
     assert all(p.grad is None for n, p in ckpt.named_parameters() if ".vsd_fake." not in n)
-    assert ckpt.generator.adapters.active["unet"] == ["main"]
+    assert ckpt.generator.adapters.active["denoiser"] == ["main"]

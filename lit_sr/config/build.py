@@ -11,9 +11,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lit_sr.config.compose import resolve_target
+from lit_sr.config.compose import backbone_facts, resolve_target
 from lit_sr.errors import ConfigError, LitSRError
-from lit_sr.model.backbone import Backbone, read_schedule
+from lit_sr.model.backbone import Backbone
 from lit_sr.model.generator import OneStepSR
 from lit_sr.systems.stages import added_adapters, parse_stages
 from losses.base import LossTerm
@@ -57,22 +57,24 @@ def generator_lora(cfg: DictConfig) -> dict:
     lora = container(cfg.get("lora")) or {}
     extra = added_adapters(parse_stages(cfg.get("stages")))
     if extra:
-        lora = {**lora, "unet": {**(lora.get("unet") or {}), **extra}}
+        lora = {**lora, "denoiser": {**(lora.get("denoiser") or {}), **extra}}
     return lora
 
 
 def build_generator(cfg: DictConfig, backbone: Backbone | None = None, training: bool = True) -> OneStepSR:
     """The generator with every adapter the run will ever use, so checkpoints have stable keys.
 
-    For training, adapters loss terms keep on the generator's UNet (``LossTerm.generator_adapters``,
+    For training, adapters loss terms keep on the generator's denoiser (``LossTerm.generator_adapters``,
     e.g. VSD's fake score) are added too, inactive and frozen; ``training=False`` (inference)
     leaves them out — the export does not hold them.
     """
     noise = build_component(cfg.noise, "noise")  # cheap parts first: their errors come before the backbone
-    try:
-        noise.attach(backbone.alphas_cumprod if backbone is not None else read_schedule(cfg.backbone.get("path")))
-    except ValueError as exc:
-        raise ConfigError(_keyed("noise", exc)) from None
+    param = backbone.parameterisation if backbone is not None else backbone_facts(cfg)[1]
+    if param is not None:
+        try:
+            noise.attach(param)
+        except ValueError as exc:
+            raise ConfigError(_keyed("noise", exc)) from None
     conditioner = build_component(cfg.conditioning, "conditioning")
     modulation = build_component(cfg.get("modulation"), "modulation")
     backbone = backbone if backbone is not None else build_backbone(cfg)
@@ -80,9 +82,9 @@ def build_generator(cfg: DictConfig, backbone: Backbone | None = None, training:
                           modulation=modulation, **(container(cfg.get("model")) or {}))
     for key, node in (loss_terms(cfg) if training else {}).items():
         cls: type[LossTerm] = resolve_target(str(node._target_), f"loss.terms.{key}")
-        for name, spec in cls.generator_adapters(container(node)).items():
-            if name not in generator.adapters.names("unet"):
-                generator.adapters.add("unet", name, spec)
+        for name, spec in cls.generator_adapters(container(node), generator.denoiser.lora_presets).items():
+            if name not in generator.adapters.names("denoiser"):
+                generator.adapters.add("denoiser", name, spec)
     return generator
 
 

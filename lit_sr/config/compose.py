@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lit_sr.errors import ConfigError, FieldError
+from lit_sr.errors import ConfigError, FieldError, WeightsError
 from lit_sr.typed import check_constraints, merge_checked, to_object
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -203,6 +203,8 @@ def facts_of(cfg: DictConfig):
     backbone = cfg.get("backbone") or {}
     noise, cond = cls("noise", NoiseStrategy), cls("conditioning", Conditioner)
     model, data = cfg.get("model") or {}, cfg.get("data") or {}
+    family, param = backbone_facts(cfg)
+    fixed = (cfg.get("noise") or {}).get("timestep") if noise is not None and not noise.has_knob else None
     return RunFacts(
         text_encoder=bool(backbone.get("text_encoder", True)),
         vision_encoder=bool(backbone.get("vision_encoder")),
@@ -213,7 +215,28 @@ def facts_of(cfg: DictConfig):
         endpoints=bool(model.get("endpoints")),
         has_val=cfg.get("val") is not None,
         val_crop=None if data.get("val_paired") is not None else data.get("val_crop"),
+        parameterisation=param.kind if param is not None else "epsilon",
+        family=family or "unet",
+        noise_fixed_timestep=int(fixed) if isinstance(fixed, int) else None,
     )
+
+
+def backbone_facts(cfg: DictConfig):
+    """(family, parameterisation) of the configured backbone, read without loading it (None, None when
+    ``backbone._target_`` is not a declared builder; see :func:`lit_sr.model.backbone.builder`)."""
+    node = cfg.get("backbone")
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None, None
+    target = resolve_target(str(node._target_), "backbone")
+    reader = getattr(target, "parameterisation_of", None)
+    if reader is None:
+        return None, None
+    try:
+        return target.backbone_family, reader(node)
+    except WeightsError:  # an incomplete folder: the builder names what is missing when it loads
+        return target.backbone_family, None
+    except ValueError as exc:
+        raise ConfigError(f"backbone: {str(exc).splitlines()[0]}") from None
 
 
 def _validate_train(cfg: DictConfig, typed: Any, targets: list[tuple[str, DictConfig, Any]]) -> None:
@@ -286,7 +309,7 @@ def _check_stages(cfg: DictConfig, typed: Any) -> None:
     model = cfg.get("model") or {}
     check_against(
         typed.stages,
-        unet=set(lora.unet or {}), vae=set(lora.vae or {}),
+        denoiser=set(lora.denoiser or {}), vae=set(lora.vae or {}),
         terms={k for k, v in (typed.loss.terms or {}).items() if v is not None},
         modules={m for m, node in MODULE_KEYS.items() if cfg.get(node) is not None},
         endpoints=set(model.get("endpoints") or {}),

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lit_sr.config.build import build_generator
 from lit_sr.config.compose import validate
+from lit_sr.config.migrate import upgrade
 from lit_sr.errors import ConfigError, WeightsError
 from lit_sr.model.export import CONFIG_FILE, load_export
 from lit_sr.model.generator import OneStepSR
@@ -51,6 +52,7 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> DictC
             cfg = OmegaConf.create(read_checkpoint(path)["hyper_parameters"]["config"])
         except (KeyError, TypeError):
             raise WeightsError(f"{path}: not a lit_sr checkpoint (no stored config)") from None
+    cfg = upgrade(cfg)
     items = list(overrides or [])
     bad = [item for item in items if "=" not in item]
     if bad:

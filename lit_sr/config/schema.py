@@ -22,7 +22,8 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from lit_sr.errors import FieldError
-from lit_sr.model.adapters import OSEDIFF_UNET_TARGETS, OSEDIFF_VAE_TARGETS, LoRASpec
+from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS, LoRASpec
+from lit_sr.model.families.sd import UNET_CROSS_ATTENTION, UNET_TARGETS
 from lit_sr.systems.stages import Stage
 from lit_sr.typed import constraints_of
 
@@ -74,15 +75,17 @@ class ExportConfig:
 
 @dataclass
 class LoRAConfig:
-    unet: Optional[dict[str, LoRASpec]] = None
+    denoiser: Optional[dict[str, LoRASpec]] = None
     vae: Optional[dict[str, LoRASpec]] = None
 
 
 @dataclass
 class LoRATargets:
-    """The layer lists LoRA specs refer to by interpolation (``${lora_targets.unet}``)."""
+    """The backbone family's layer lists LoRA specs refer to by interpolation (``${lora_targets.denoiser}``;
+    ``conf/lora_targets/<family>.yaml``)."""
 
-    unet: list[str] = field(default_factory=lambda: list(OSEDIFF_UNET_TARGETS))
+    denoiser: list[str] = field(default_factory=lambda: list(UNET_TARGETS))
+    cross_attention: list[str] = field(default_factory=lambda: list(UNET_CROSS_ATTENTION))
     vae: list[str] = field(default_factory=lambda: list(OSEDIFF_VAE_TARGETS))
 
 

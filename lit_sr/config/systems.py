@@ -76,7 +76,7 @@ def mem_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Ba
         raise ConfigError(f"experiment=mem: {source} has LDG groups from the training data (noise.m_min/m_max: auto or "
                           "grouping: quantile) that were never computed: export it from a training run, or set them "
                           "with mem.generator_overrides=[noise.m_min=…,noise.m_max=…]")
-    estimator = build_component(node.estimator, "mem.estimator", latent_channels=int(generator.vae.config.latent_channels))
+    estimator = build_component(node.estimator, "mem.estimator", latent_channels=int(generator.vae.channels))
     return MEMSystem(generator, estimator, optimizer=build_component(node.get("optimizer"), "mem.optimizer"),
                      config=OmegaConf.to_container(cfg, resolve=True))
 

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from lit_sr.metrics.base import FrozenNetMetric, require_weights
-from losses.lpips import LPIPS
+from lit_sr.model.lpips import LPIPS
 
 
 class LPIPSMetric(FrozenNetMetric):

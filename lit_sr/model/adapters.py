@@ -1,6 +1,6 @@
 """Named LoRA adapters and trainability: the one module that talks to peft.
 
-Several adapters live on one UNet (``"main"``, or ``"fidelity"``/``"realism"``, a stage-2
+Several adapters live on one denoiser (``"main"``, or ``"fidelity"``/``"realism"``, a stage-2
 ``"alignment"``, VSD's ``"vsd_fake"``) and on the VAE encoder, so that every use shares one copy
 of the frozen base weights. :class:`AdapterSet` owns them: it adds adapters, switches the active
 set and reports each adapter's parameters. Which parameters train is set with :func:`train_only`
@@ -19,18 +19,18 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-# OSEDiff's LoRA targets (from its training script): every attention projection, conv and
-# feed-forward layer of the UNet, and the convolutions/attention of the VAE encoder. The YAML
-# configs name the same lists once, as ``lora_targets`` in conf/train.yaml (a test keeps both equal).
-OSEDIFF_UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_shortcut", "conv_out",
-                        "proj_in", "proj_out", "ff.net.2", "ff.net.0.proj"]
+from lit_sr.model.peft_access import set_active
+
+# OSEDiff's LoRA targets of the VAE encoder (its convolutions and attention; the same AutoencoderKL
+# layout in every family). The denoiser's presets belong to its family (Denoiser.lora_presets); the
+# YAML configs name the same lists in conf/lora_targets/<family>.yaml (a test keeps them equal).
 OSEDIFF_VAE_TARGETS = ["conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0"]
-PARTS = ("unet", "vae")
+PARTS = ("denoiser", "vae")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class LoRASpec:
 
     rank: int = 4
     alpha: float | None = None  # None → alpha = rank (scale 1)
-    target_modules: list[str] = field(default_factory=lambda: list(OSEDIFF_UNET_TARGETS))
+    target_modules: list[str] | None = None  # None: the part's preset (the family's "all" list; the VAE's)
     scope: str | None = None  # e.g. "encoder" for the VAE encoder only
     init: str = "gaussian"  # peft init_lora_weights; "gaussian" keeps B = 0 (identity at start)
     dropout: float = 0.0
@@ -47,14 +47,21 @@ class LoRASpec:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
-        if not self.target_modules:
+        if self.target_modules is not None and not self.target_modules:
             raise ValueError("LoRA target_modules is empty")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        self.target_modules = list(self.target_modules)
+        if self.target_modules is not None:
+            self.target_modules = list(self.target_modules)
+
+    def with_targets(self, preset: list[str]) -> LoRASpec:
+        """This spec, with ``preset`` as its layers when it names none."""
+        return self if self.target_modules is not None else replace(self, target_modules=list(preset))
 
     def target_regex(self) -> str:
         """A full-match regex over module names (peft matches a string target this way)."""
+        if self.target_modules is None:
+            raise ValueError("LoRA target_modules not resolved (LoRASpec.with_targets)")
         leaves = "|".join(re.escape(t) for t in self.target_modules)
         prefix = rf"{re.escape(self.scope)}\.(?:.*\.)?" if self.scope else r"(?:.*\.)?"
         return rf"^{prefix}(?:{leaves})$"
@@ -74,17 +81,21 @@ def as_spec(value) -> LoRASpec:
 
 
 class AdapterSet:
-    """The named LoRA adapters of a UNet and a VAE, and which of them are active."""
+    """The named LoRA adapters of a denoiser and a VAE, and which of them are active.
 
-    def __init__(self, unet: nn.Module, vae: nn.Module) -> None:
-        self.modules: dict[str, nn.Module] = {"unet": unet, "vae": vae}
-        self.active: dict[str, list[str]] = {"unet": [], "vae": []}
-        self.fused: dict[str, list[str]] = {"unet": [], "vae": []}
+    ``presets`` gives each part's default layer list for specs that name none.
+    """
+
+    def __init__(self, denoiser: nn.Module, vae: nn.Module, presets: dict[str, list[str]] | None = None) -> None:
+        self.modules: dict[str, nn.Module] = {"denoiser": denoiser, "vae": vae}
+        self.presets: dict[str, list[str]] = {"vae": list(OSEDIFF_VAE_TARGETS), **(presets or {})}
+        self.active: dict[str, list[str]] = {"denoiser": [], "vae": []}
+        self.fused: dict[str, list[str]] = {"denoiser": [], "vae": []}
         self._layers: dict[str, list[nn.Module]] = {}
 
     # ------------------------------------------------------------------ inventory
     def names(self, part: str) -> list[str]:
-        """Adapters of ``part`` (``unet`` or ``vae``) in creation order."""
+        """Adapters of ``part`` (``denoiser`` or ``vae``) in creation order."""
         cfg = getattr(self.modules[part], "peft_config", None)
         return list(cfg) if cfg else []
 
@@ -98,6 +109,10 @@ class AdapterSet:
         module = self.modules[part]
         if name in self.names(part):
             raise ValueError(f"adapter {name!r} already exists on the {part}")
+        if spec.target_modules is None:
+            if part not in self.presets:
+                raise ValueError(f"adapter {name!r}: target_modules not given and the {part} has no preset")
+            spec = spec.with_targets(self.presets[part])
         flags = {n: p.requires_grad for n, p in module.named_parameters()}
         before = len(flags)
         with warnings.catch_warnings():  # several named adapters on one model is the design, not a mistake
@@ -147,9 +162,9 @@ class AdapterSet:
         self.fused[part] = []
 
     # ------------------------------------------------------------------ switching
-    def activate(self, unet: Sequence[str] | None = None, vae: Sequence[str] | None = None) -> None:
+    def activate(self, denoiser: Sequence[str] | None = None, vae: Sequence[str] | None = None) -> None:
         """Make exactly these adapters active (``[]``: base weights only; ``None``: leave that part)."""
-        for part, names in (("unet", unet), ("vae", vae)):
+        for part, names in (("denoiser", denoiser), ("vae", vae)):
             if names is None:
                 continue
             names = list(names)
@@ -163,14 +178,14 @@ class AdapterSet:
             self._apply(part)
 
     @contextmanager
-    def using(self, unet: Sequence[str] | None = None, vae: Sequence[str] | None = None) -> Iterator[None]:
+    def using(self, denoiser: Sequence[str] | None = None, vae: Sequence[str] | None = None) -> Iterator[None]:
         """Switch adapters for a block (e.g. VSD's real/fake score passes), then restore the previous set."""
         saved = {part: list(names) for part, names in self.active.items()}
-        self.activate(unet, vae)
+        self.activate(denoiser, vae)
         try:
             yield
         finally:
-            self.activate(saved["unet"], saved["vae"])
+            self.activate(saved["denoiser"], saved["vae"])
 
     def _tuner_layers(self, part: str) -> list[nn.Module]:
         layers = self._layers.get(part)
@@ -184,9 +199,7 @@ class AdapterSet:
     def _apply(self, part: str) -> None:
         names = self.active[part]
         for layer in self._tuner_layers(part):  # see the module docstring for why not set_adapter
-            layer._disable_adapters = not names
-            if names:
-                layer._active_adapter = list(names)
+            set_active(layer, names)
 
 
 def train_only(module: nn.Module, params: Iterable[nn.Parameter]) -> None:

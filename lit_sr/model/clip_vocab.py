@@ -47,7 +47,7 @@ def byte_symbols() -> list[str]:
 
 def default_bpe_locations() -> list[Path]:
     """Where :func:`read_bpe` looks when no path is given: the project cache, then an installed open_clip."""
-    from datamodules.skimage_photos import cache_root
+    from lit_sr.photos import cache_root
 
     places = [cache_root() / "clip" / BPE_NAME]
     spec = importlib.util.find_spec("open_clip")  # locates the package without importing it (its import needs torchvision)
@@ -94,12 +94,14 @@ def _added(content: str, typed: bool) -> dict:
     return {"__type": "AddedToken", **token} if typed else token
 
 
-def write_sd2_tokenizer(out: str | Path, bpe: bytes) -> Path:
-    """SD-2.x's ``tokenizer/`` folder: vocab.json, merges.txt and the published config files.
+def write_clip_tokenizer(out: str | Path, bpe: bytes, pad_token: str = "!",
+                         name_or_path: str = "stabilityai/stable-diffusion-2-1-base") -> Path:
+    """A CLIP ``tokenizer/`` folder: vocab.json, merges.txt and the published config files.
 
-    As published, ``tokenizer_config.json`` names ``<|endoftext|>`` as the pad token and
-    ``special_tokens_map.json`` names ``!`` (id 0, OpenCLIP's padding); transformers lets the
-    latter win, so prompts are padded with 0.
+    SD-2.x's (and SD3's ``tokenizer_2/``) ``special_tokens_map.json`` names ``!`` (id 0, OpenCLIP's
+    padding) as the pad token, which transformers lets win over ``tokenizer_config.json``'s
+    ``<|endoftext|>``: their prompts are padded with 0. SD3's ``tokenizer/`` (OpenAI CLIP-L) pads
+    with ``<|endoftext|>``.
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -108,12 +110,38 @@ def write_sd2_tokenizer(out: str | Path, bpe: bytes) -> Path:
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     config = {
         "add_prefix_space": False, "bos_token": _added(BOS, True), "do_lower_case": True, "eos_token": _added(EOS, True),
-        "errors": "replace", "model_max_length": 77, "name_or_path": "stabilityai/stable-diffusion-2-1-base",
+        "errors": "replace", "model_max_length": 77, "name_or_path": name_or_path,
         "pad_token": EOS, "special_tokens_map_file": "./special_tokens_map.json", "tokenizer_class": "CLIPTokenizer",
         "unk_token": _added(EOS, True),
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    special = {"bos_token": _added(BOS, False), "eos_token": _added(EOS, False), "pad_token": "!",
+    pad = _added(EOS, False) if pad_token == EOS else pad_token
+    special = {"bos_token": _added(BOS, False), "eos_token": _added(EOS, False), "pad_token": pad,
                "unk_token": _added(EOS, False)}
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
     return folder
+
+
+def write_sd2_tokenizer(out: str | Path, bpe: bytes) -> Path:
+    """SD-2.x's ``tokenizer/`` folder (pads with ``!``; see :func:`write_clip_tokenizer`)."""
+    return write_clip_tokenizer(out, bpe)
+
+
+def byte_level_clip_tokenizer(model_max_length: int = 77, pad_token: str | None = None):
+    """A real ``CLIPTokenizer`` with a byte-level vocabulary and no merges (the tiny backbones').
+
+    Every UTF-8 byte is one token (plus its end-of-word form), so any text tokenizes offline and
+    words split into several tokens, as rare words do with the real 49k-token vocabulary.
+    """
+    from transformers import CLIPTokenizer
+
+    symbols = byte_symbols()
+    vocab: dict[str, int] = {}
+    for s in symbols:
+        vocab[s] = len(vocab)
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    vocab[BOS] = len(vocab)
+    vocab[EOS] = len(vocab)
+    extra = {"pad_token": pad_token} if pad_token is not None else {}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, **extra)

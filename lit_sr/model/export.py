@@ -2,13 +2,14 @@
 
 An export folder holds
 
-* ``lit_sr_state.safetensors`` — every trained tensor of the model: all UNet adapters (stage-2,
-  endpoint and dual-LoRA ones included), the VAE-encoder LoRA, LQFM, the VPIM MLP — what
-  :func:`load_export` (and ``lit_sr.pipeline.LitSRPipeline``) restore exactly. Training-only
+* ``lit_sr_state.safetensors`` — every trained tensor of the model: all denoiser adapters
+  (stage-2, endpoint and dual-LoRA ones included), the VAE-encoder LoRA, LQFM, the VPIM MLP —
+  what :func:`load_export` (and ``lit_sr.pipeline.LitSRPipeline``) restore exactly. Training-only
   networks (VSD's fake score, a discriminator) stay in the checkpoint;
-* ``pytorch_lora_weights.safetensors`` — the primary UNet adapter in diffusers' LoRA format
-  (``StableDiffusionPipeline.load_lora_weights(folder)`` loads it), and ``lora_<name>.safetensors``
-  for every named UNet adapter;
+* ``pytorch_lora_weights.safetensors`` — the primary denoiser adapter in the family's diffusers
+  LoRA format (``StableDiffusionPipeline.load_lora_weights(folder)`` loads an SD-2.1 export,
+  ``StableDiffusion3Pipeline.load_lora_weights(folder)`` an SD3 one), and ``lora_<name>.safetensors``
+  for every named denoiser adapter;
 * ``config.yaml`` — the run's composed config, so inference rebuilds the same generator;
 * ``lit_sr_export.json`` — a manifest (format version, adapters, modules, knob, endpoints);
 * ``README.md`` — a model card: recipe, the knob's meaning and range, how to load, and the
@@ -23,24 +24,26 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lit_sr.errors import WeightsError
-from lit_sr.model.generator import OneStepSR
+from lit_sr.model.generator import BACKBONE_PARTS, OneStepSR
 
 STATE_FILE = "lit_sr_state.safetensors"
 CONFIG_FILE = "config.yaml"
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 MANIFEST_FILE = "lit_sr_export.json"
 CARD_FILE = "README.md"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: backbone-neutral names (denoiser./vae.net. keys, lora.denoiser); 2 is migrated on load
 
 
-def unet_lora_state(generator: OneStepSR, name: str) -> dict[str, torch.Tensor]:
-    """Adapter ``name`` of the UNet with peft's adapter-free key names (diffusers' convention)."""
+def denoiser_lora_state(generator: OneStepSR, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name`` of the denoiser with peft's adapter-free key names (diffusers' convention)."""
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(generator.unet, adapter_name=name).items()}
+    state = get_peft_model_state_dict(generator.denoiser.net, adapter_name=name)
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def export_adapter(generator: OneStepSR, out_dir: str | Path, config: dict | None = None,
@@ -51,10 +54,6 @@ def export_adapter(generator: OneStepSR, out_dir: str | Path, config: dict | Non
     export (disk full) never leaves a folder mixing old and new files. Non-finite weights (a run
     that diverged) are refused: a NaN adapter is worse than none.
     """
-    # The LoRA mixin, not StableDiffusionPipeline: importing the pipeline pulls in transformers image
-    # processors that announce a missing torchvision; saving needs neither.
-    from diffusers.loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
-
     state = {k: v.detach().cpu().contiguous() for k, v in generator.model_state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
@@ -65,18 +64,15 @@ def export_adapter(generator: OneStepSR, out_dir: str | Path, config: dict | Non
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        names = list(generator.unet_adapters)
-        active = generator.adapters.active["unet"]
+        names = list(generator.denoiser_adapters)
+        active = generator.adapters.active["denoiser"]
         primary = primary or (active[0] if active else (names[0] if names else None))
         for name in names:
-            meta = generator.unet.peft_config[name].to_dict()
+            meta = generator.denoiser.net.peft_config[name].to_dict()
             meta = json.loads(json.dumps(meta, default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
             files = [f"lora_{name}.safetensors"] + ([DIFFUSERS_FILE] if name == primary else [])
             for weight_name in files:
-                StableDiffusionLoraLoaderMixin.save_lora_weights(
-                    tmp, unet_lora_layers=unet_lora_state(generator, name), weight_name=weight_name,
-                    safe_serialization=True, unet_lora_adapter_metadata=meta,
-                )
+                generator.denoiser.save_lora(tmp, denoiser_lora_state(generator, name), weight_name, meta)
         save_file(state, str(tmp / STATE_FILE), metadata={"format": "lit_sr", "version": str(FORMAT_VERSION)})
         if config is not None:
             (tmp / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
@@ -105,6 +101,10 @@ def load_export(generator: OneStepSR, folder: str | Path) -> None:
     if not path.exists():
         raise WeightsError(f"adapter export not found: {path}")
     state = load_file(str(path))
+    with safe_open(str(path), "pt") as fh:
+        version = int((fh.metadata() or {}).get("version", FORMAT_VERSION))
+    if version < 3:
+        state = {_v2_key(k): v for k, v in state.items()}
     expected = generator.model_state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -120,11 +120,22 @@ def load_export(generator: OneStepSR, folder: str | Path) -> None:
             params[k].copy_(v.to(params[k].dtype))
 
 
+def _v2_key(key: str) -> str:
+    """A format-2 tensor name (``unet.…``, ``vae.encoder…``) in today's layout (``denoiser.net.…``, ``vae.net.…``)."""
+    if key.startswith("unet."):
+        return "denoiser.net." + key[len("unet."):]
+    if key.startswith("vae.") and not key.startswith("vae.net."):
+        return "vae.net." + key[len("vae."):]
+    return key
+
+
 def _manifest(generator: OneStepSR, state: dict[str, torch.Tensor], primary: str | None) -> dict:
-    modules = sorted({k.split(".", 1)[0] for k in state if not k.startswith(("unet.", "vae."))})
+    modules = sorted({k.split(".", 1)[0] for k in state if not k.startswith(BACKBONE_PARTS)})
     return {
-        "format": "lit_sr", "version": FORMAT_VERSION,
-        "unet_adapters": list(generator.unet_adapters), "vae_adapters": list(generator.vae_adapters),
+        "format": "lit_sr", "version": FORMAT_VERSION, "family": generator.denoiser.family,
+        "diffusers_pipeline": generator.denoiser.pipeline_name,
+        "parameterisation": generator.parameterisation.state(),
+        "denoiser_adapters": list(generator.denoiser_adapters), "vae_adapters": list(generator.vae_adapters),
         "primary_adapter": primary, "modules": modules, "endpoints": generator.endpoint_adapters or None,
         "noise": type(generator.noise).__name__, "knob": generator.noise.knob_help(),
         "knob_values": [v for v in generator.noise.knob_values() if v is not None], "scale": generator.scale,
@@ -148,7 +159,8 @@ def model_card(manifest: dict, config: dict, metrics: dict[str, float]) -> str:
         f"* noise strategy: `{parts['noise']}`; conditioning: `{parts['conditioning']}`; modulation: `{parts['modulation']}`",
         f"* losses: {terms}",
         f"* {len(stages) or 1} training stage(s), {steps} optimizer steps; optimizer lr {(config.get('optim') or {}).get('lr', '?')}",
-        f"* trained tensors: {manifest['parameters']:,} parameters — UNet adapters {manifest['unet_adapters']}, "
+        f"* backbone: the {manifest['family']} family, {manifest['parameterisation']['kind']} parameterisation",
+        f"* trained tensors: {manifest['parameters']:,} parameters — denoiser adapters {manifest['denoiser_adapters']}, "
         f"VAE-encoder adapters {manifest['vae_adapters']}, modules {manifest['modules'] or 'none'}",
         "", "## The fidelity–realism control", "",
         f"* knob: {manifest['knob']}",
@@ -172,7 +184,8 @@ def model_card(manifest: dict, config: dict, metrics: dict[str, float]) -> str:
         "image = pipe(\"photo.png\"" + (", gamma=0.5" if manifest["endpoints"] else "") + ")",
         "```", "",
         f"`{DIFFUSERS_FILE}` (adapter `{manifest['primary_adapter']}`) also loads into diffusers with "
-        "`StableDiffusionPipeline.load_lora_weights(THIS_FOLDER)`; the one-step SR path needs lit_sr.", "",
+        f"`{manifest['diffusers_pipeline']}.load_lora_weights(THIS_FOLDER)`; "
+        "the one-step SR path needs lit_sr.", "",
         "## Last evaluation", "",
     ]
     if metrics:

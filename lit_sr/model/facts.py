@@ -22,6 +22,9 @@ class RunFacts:
     endpoints: bool = False  # the model has fidelity/realism endpoints (IFCSR γ)
     has_val: bool = True  # a validation set and metrics are configured
     val_crop: int | None = None  # side of the square validation HQ crops (None: whole images or unknown)
+    parameterisation: str = "epsilon"  # the backbone's: epsilon | v_prediction | flow
+    family: str = "unet"  # the backbone's denoiser family: unet | mmdit
+    noise_fixed_timestep: int | None = None  # the one timestep of a strategy without a range (uniform)
 
 
 class Checked:

@@ -1,16 +1,18 @@
-"""OneStepSR: LQ image → one UNet evaluation → SR image.
+"""OneStepSR: LQ image → one denoiser evaluation → SR image.
 
 The generator composes injected parts and contains the one-step pass only:
 
-    LQ ─bicubic×s→ x_L ─VAE enc (+LoRA)→ z_L ─strategy→ (t, z_in) ─UNet (+LoRA, +modulation)→ ε̂
+    LQ ─bicubic×s→ x_L ─VAE enc (+LoRA)→ z_L ─strategy→ (t, z_in) ─denoiser (+LoRA, +modulation)→ prediction
        ─strategy→ ẑ ─VAE dec (frozen)→ SR
 
-Noise strategy, conditioner, optional modulation (LQFM) and the named LoRA adapters are chosen
-by config. Large images run the UNet over overlapping latent tiles whose predictions are blended
-with a smooth window, so peak memory follows the tile, not the image.
+The backbone (a UNet or MM-DiT denoiser, its autoencoder and its parameterisation: ε, v or flow
+matching), noise strategy, conditioner, optional modulation (LQFM) and the named LoRA adapters are
+chosen by config. Large images run the denoiser over overlapping latent tiles whose predictions
+are blended with a smooth window, so peak memory follows the tile, not the image.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import torch
@@ -18,15 +20,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_sr.model.adapters import AdapterSet, as_spec
+from lit_sr.model.autoencoder import Autoencoder
 from lit_sr.model.backbone import Backbone
 from lit_sr.model.blend import blend
 from lit_sr.model.colorfix import color_fix
+from lit_sr.model.condition import Condition
 from lit_sr.model.conditioning.base import Conditioner
+from lit_sr.model.denoiser import Denoiser
 from lit_sr.model.modulation import Modulation
 from lit_sr.model.noise.base import NoiseContext, NoiseStrategy
 from lit_sr.model.output import SROutput
-from lit_sr.model.tiling import downscaled, fixed_group_norms, recorded_group_norms, tiled
+from lit_sr.model.tiling import tiled
 from lit_sr.typed import Fraction, NonNegative, Positive
+
+log = logging.getLogger(__name__)
 
 
 class OneStepSR(nn.Module):
@@ -54,8 +61,9 @@ class OneStepSR(nn.Module):
         color_fix: Literal["none", "adain", "wavelet"] = "none",
     ) -> None:
         super().__init__()
-        self.unet = backbone.unet
-        self.vae = backbone.vae
+        self.denoiser: Denoiser = backbone.denoiser
+        self.vae: Autoencoder = backbone.autoencoder
+        self.parameterisation = backbone.parameterisation
         self.noise = noise
         self.conditioner = conditioner
         self.modulation = modulation
@@ -67,48 +75,49 @@ class OneStepSR(nn.Module):
         # Colour alignment of every output to the bicubic LQ (train and inference alike): the
         # decoder's low-frequency drift is replaced by the LQ's (colorfix.py); "none": the raw decode.
         self.color_fix = str(color_fix)
-        # IFCSR: named endpoint networks, each a set of active UNet adapters; γ blends their images.
+        # IFCSR: named endpoint networks, each a set of active denoiser adapters; γ blends their images.
         self.endpoint_adapters = {k: list(v) for k, v in (endpoints or {}).items()}
         if self.endpoint_adapters and set(self.endpoint_adapters) != {"fidelity", "realism"}:
             raise ValueError(f"model.endpoints must name 'fidelity' and 'realism', got {sorted(self.endpoint_adapters)}")
         if not 0.0 <= float(gamma) <= 1.0:
             raise ValueError(f"model.gamma must lie in [0, 1], got {gamma}")
         self.gamma = float(gamma)  # the blend a plain forward of an endpoint model returns
-        self.vae_scale_factor = backbone.vae_scale_factor
-        self.scaling_factor = float(getattr(self.vae.config, "scaling_factor", 1.0))
-        # Input sizes must survive the VAE and the UNet's down-sampling.
-        unet_down = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        self.size_multiple = self.vae_scale_factor * unet_down
-        noise.attach(backbone.alphas_cumprod)
+        self.vae_scale_factor = self.vae.factor
+        # Input sizes must survive the VAE and the denoiser's down-sampling (or patching).
+        self.size_multiple = self.vae_scale_factor * self.denoiser.size_multiple
+        patch = self.denoiser.patch
+        for key, value in (("tile_latent", tile_latent), ("tile_overlap", self.tile_overlap)):
+            if value is not None and value % patch:
+                raise ValueError(f"model.{key}={value} must be a multiple of the denoiser's patch size {patch}")
+        noise.attach(self.parameterisation)
         conditioner.attach(backbone)
         if modulation is not None:
             modulation.attach(backbone)
-        self.unet.requires_grad_(False)
+        self.denoiser.requires_grad_(False)
         self.vae.requires_grad_(False)
-        self.adapters = AdapterSet(self.unet, self.vae)
+        self.adapters = AdapterSet(self.denoiser.net, self.vae.net, {"denoiser": self.denoiser.lora_presets["all"]})
         lora = lora or {}
-        for name, spec in (lora.get("unet") or {}).items():
-            self.adapters.add("unet", name, as_spec(spec))
+        for name, spec in (lora.get("denoiser") or {}).items():
+            self.adapters.add("denoiser", name, as_spec(spec))
         for name, spec in (lora.get("vae") or {}).items():
             spec = as_spec(spec)
             if spec.scope is None:
                 spec.scope = "encoder"  # the decoder stays frozen in every method of the catalogue
             self.adapters.add("vae", name, spec)
         # Every configured adapter is active and trainable until a training stage says otherwise.
-        self.unet_adapters: list[str] = self.adapters.names("unet")
+        self.denoiser_adapters: list[str] = self.adapters.names("denoiser")
         self.vae_adapters: list[str] = self.adapters.names("vae")
-        self.adapters.activate(self.unet_adapters, self.vae_adapters)
-        for part, names in (("unet", self.unet_adapters), ("vae", self.vae_adapters)):
+        self.adapters.activate(self.denoiser_adapters, self.vae_adapters)
+        for part, names in (("denoiser", self.denoiser_adapters), ("vae", self.vae_adapters)):
             for name in names:
                 for p in self.adapters.parameters(part, name).values():
                     p.requires_grad_(True)
         if vae_tile is not None and vae_tile % self.vae_scale_factor:
             raise ValueError(f"model.vae_tile={vae_tile} must be a multiple of the VAE factor {self.vae_scale_factor}")
-        if gradient_checkpointing:  # activations recomputed in backward: memory for compute (UNet, VAE)
-            self.unet.enable_gradient_checkpointing()
+        if gradient_checkpointing:  # activations recomputed in backward: memory for compute (denoiser, VAE)
+            self.denoiser.enable_gradient_checkpointing()
             self.vae.enable_gradient_checkpointing()
-        self._mod_maps: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.unet.conv_in.register_forward_hook(self._modulate_hook)
+        self._warned_auto_tile = False
 
     # ------------------------------------------------------------------ pieces
     def upsample(self, lq: torch.Tensor) -> torch.Tensor:
@@ -118,25 +127,11 @@ class OneStepSR(nn.Module):
         return F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scaled latent of an image in [-1, 1] (over overlapping tiles when larger than ``vae_tile``)."""
-        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-        f, tile = self.vae_scale_factor, self.vae_tile
-        if tile is None or max(x.shape[-2:]) <= tile:
-            dist = self.vae.encode(x).latent_dist
-        else:  # the posterior's moments, blended tile by tile at latent resolution, one shared normalisation
-            with recorded_group_norms(self.vae.encoder) as stats, torch.no_grad():
-                self.vae.encode(downscaled(x, tile))
-            with fixed_group_norms(stats):
-                moments = tiled(lambda ys, xs: self.vae.encode(x[..., ys.start * f:ys.stop * f, xs.start * f:xs.stop * f])
-                                .latent_dist.parameters, (x.shape[-2] // f, x.shape[-1] // f), tile // f,
-                                self.vae_tile_overlap // f, label="VAE encoder")
-            dist = DiagonalGaussianDistribution(moments)
-        z = dist.sample(generator=generator) if self.vae_sample else dist.mode()
-        return z * self.scaling_factor
+        """Normalised latent of an image in [-1, 1] (over overlapping tiles when larger than ``vae_tile``)."""
+        return self.vae.encode(x, self.vae_sample, generator, self.vae_tile, self.vae_tile_overlap)
 
     def model_input(self, img: torch.Tensor) -> torch.Tensor:
-        """An image in [0, 1] → [-1, 1], padded at the bottom/right to a size the VAE and UNet accept.
+        """An image in [0, 1] → [-1, 1], padded at the bottom/right to a size the VAE and denoiser accept.
 
         Reflect padding, or replicate where the image is smaller than the padding.
         """
@@ -161,48 +156,35 @@ class OneStepSR(nn.Module):
             return self.encode(y, generator)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Image in [-1, 1] from a scaled latent (the decoder is frozen; tiled beyond ``vae_tile``)."""
-        z = z / self.scaling_factor
-        f, tile = self.vae_scale_factor, self.vae_tile
-        if tile is None or max(z.shape[-2:]) * f <= tile:
-            return self.vae.decode(z).sample.clamp(-1, 1)
-        with recorded_group_norms(self.vae.decoder) as stats, torch.no_grad():
-            self.vae.decode(downscaled(z, tile // f))
-        with fixed_group_norms(stats):
-            out = tiled(lambda ys, xs: self.vae.decode(z[..., ys, xs]).sample, tuple(z.shape[-2:]), tile // f,
-                        self.vae_tile_overlap // f, out_per_unit=f, label="VAE decoder")
-        return out.clamp(-1, 1)
+        """Image in [-1, 1] from a normalised latent (the decoder is frozen; tiled beyond ``vae_tile``)."""
+        return self.vae.decode(z, self.vae_tile, self.vae_tile_overlap)
 
-    def _modulate_hook(self, module: nn.Module, args: Any, h: torch.Tensor) -> torch.Tensor | None:
-        if self._mod_maps is None:
-            return None
-        gamma, beta = self._mod_maps
-        return h * (1 + gamma.to(h.dtype)) + beta.to(h.dtype)
-
-    def unet_eps(self, z_in: torch.Tensor, t: torch.Tensor, ehs: torch.Tensor,
-                 mod_maps: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """One UNet call (over tiles when the latent exceeds ``tile_latent``)."""
+    def denoise(self, z_in: torch.Tensor, t: torch.Tensor, cond: Condition,
+                mod_maps: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The denoiser's prediction at integer timesteps ``t`` (over tiles when the latent exceeds
+        ``tile_latent``, or the largest latent the denoiser accepts in one call)."""
         tile = self.tile_latent
+        limit = self.denoiser.max_latent_size
+        if limit is not None and max(z_in.shape[-2:]) > limit and (tile is None or tile > limit):
+            if not self._warned_auto_tile:
+                log.info("latent %s exceeds the %d the denoiser takes in one call: tiling it at %d",
+                         tuple(z_in.shape[-2:]), limit, limit)
+                self._warned_auto_tile = True
+            tile = limit
+        timestep = self.parameterisation.model_timestep(t)
         if tile is None or (z_in.shape[-2] <= tile and z_in.shape[-1] <= tile):
-            return self._unet_call(z_in, t, ehs, mod_maps)
-        return self._unet_tiled(z_in, t, ehs, mod_maps, tile)
+            return self.denoiser(z_in, timestep, cond, mod_maps)
+        p = self.denoiser.patch
 
-    def _unet_call(self, z, t, ehs, mod_maps):
-        self._mod_maps = mod_maps
-        try:
-            return self.unet(z, t, encoder_hidden_states=ehs).sample
-        finally:
-            self._mod_maps = None
-
-    def _unet_tiled(self, z, t, ehs, mod_maps, tile: int) -> torch.Tensor:
         def part(ys: slice, xs: slice) -> torch.Tensor:
-            maps = None if mod_maps is None else (mod_maps[0][..., ys, xs], mod_maps[1][..., ys, xs])
-            return self._unet_call(z[..., ys, xs], t, ehs, maps)
+            maps = None if mod_maps is None else tuple(m[..., ys.start // p:ys.stop // p, xs.start // p:xs.stop // p]
+                                                       for m in mod_maps)
+            return self.denoiser(z_in[..., ys, xs], timestep, cond, maps)
 
-        return tiled(part, tuple(z.shape[-2:]), tile, self.tile_overlap, label="UNet")
+        return tiled(part, tuple(z_in.shape[-2:]), tile, self.tile_overlap, label="denoiser")
 
     def modulation_maps(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(λ_t·γ, λ_t·β) at latent resolution, or None without modulation."""
+        """(λ_t·γ, λ_t·β) on the denoiser's modulation grid, or None without modulation."""
         if self.modulation is None:
             return None
         lam = self.noise.modulation_strength(t).to(x.dtype)[:, None, None, None]
@@ -228,15 +210,15 @@ class OneStepSR(nn.Module):
             z_hq = self.encode_hq(self.model_input(hq), generator)  # padded like the LQ: the latents align
         ctx = NoiseContext(lq_up=x, z_lq=z_lq, training=self.training, knob=knob, z_hq=z_hq, generator=generator)
         t = self.noise.timesteps(ctx)
-        z_in = self.noise.unet_input(ctx, t)
-        ehs = self.conditioner(x, batch)
-        eps = self.unet_eps(z_in, t, ehs.to(z_in.dtype), self.modulation_maps(x, t))
-        z_hat = self.noise.to_x0(ctx, t, z_in, eps)
+        z_in = self.noise.denoiser_input(ctx, t)
+        cond = self.conditioner(x, batch)
+        pred = self.denoise(z_in, t, cond.to(z_in.dtype), self.modulation_maps(x, t))
+        z_hat = self.noise.to_x0(ctx, t, z_in, pred)
         sr = (self.decode(z_hat)[..., :h, :w] + 1) / 2
         if self.color_fix != "none":
             sr = color_fix(sr.float(), lq_up.float(), self.color_fix).to(sr.dtype)
-        return SROutput(sr=sr, z_hat=z_hat, z_lq=z_lq, t=t, eps_hat=eps, encoder_hidden_states=ehs,
-                        lq_up=lq_up, z_in=z_in, z_hq=z_hq, extras=ctx.extras)
+        return SROutput(sr=sr, z_hat=z_hat, z_lq=z_lq, t=t, pred=pred, cond=cond, lq_up=lq_up, z_in=z_in, z_hq=z_hq,
+                        extras=ctx.extras)
 
     def forward(self, lq: torch.Tensor, knob: Any = None, batch: dict | None = None) -> torch.Tensor:
         """LQ in [0, 1] → SR in [0, 1] at ``scale``× the size.
@@ -255,7 +237,7 @@ class OneStepSR(nn.Module):
 
     def endpoint_step(self, name: str, lq: torch.Tensor, knob: Any = None, **kwargs: Any) -> SROutput:
         """One pass with the adapters of endpoint ``name`` active."""
-        with self.adapters.using(unet=self.endpoint_adapters[name]):
+        with self.adapters.using(denoiser=self.endpoint_adapters[name]):
             return self.step(lq, knob=knob, **kwargs)
 
     def endpoints(self, lq: torch.Tensor, knob: Any = None, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,15 +253,18 @@ class OneStepSR(nn.Module):
 
     def model_state_dict(self) -> dict[str, torch.Tensor]:
         """What the trained *model* is (the export): :meth:`trainable_state_dict` without the adapters
-        loss terms keep on the UNet for training only (VSD's fake score)."""
-        own = {"unet": set(self.unet_adapters), "vae": set(self.vae_adapters)}
+        loss terms keep on the denoiser for training only (VSD's fake score)."""
+        own = {"denoiser": set(self.denoiser_adapters), "vae": set(self.vae_adapters)}
         return {n: v for n, v in self.trainable_state_dict().items()
-                if not n.startswith(("unet.", "vae.")) or _adapter_of(n) in own[n.split(".", 1)[0]]}
+                if not n.startswith(BACKBONE_PARTS) or _adapter_of(n) in own[n.split(".", 1)[0]]}
+
+
+BACKBONE_PARTS = ("denoiser.", "vae.")  # parameter-name prefixes of the frozen backbone's networks
 
 
 def _is_added(name: str) -> bool:
     """True for parameters the framework adds on top of the pretrained weights."""
-    if name.startswith(("unet.", "vae.")):
+    if name.startswith(BACKBONE_PARTS):
         return "lora_" in name
     return True
 

@@ -164,20 +164,62 @@ def sd21_backbone(dtype: torch.dtype = torch.float32, vision: bool = False, text
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-    from lit_sr.model.backbone import Backbone, byte_level_clip_tokenizer, schedule_alphas_cumprod
+    from lit_sr.model.autoencoder import Autoencoder
+    from lit_sr.model.backbone import Backbone
+    from lit_sr.model.clip_vocab import byte_level_clip_tokenizer
+    from lit_sr.model.families.sd import CLIPPrompts, UNetDenoiser
+    from lit_sr.model.parameterisation import SD_SCHEDULER, from_scheduler_config
     from lit_sr.model.random_backbone import OPENCLIP_H_TEXT, OPENCLIP_H_VISION, SD21_UNET, SD21_VAE
 
     text_cfg = dict(OPENCLIP_H_TEXT, **({"num_hidden_layers": text_layers} if text_layers else {}))
     text_cfg.pop("architectures", None)
     vision_cfg = {k: v for k, v in OPENCLIP_H_VISION.items() if k != "architectures"}
-    parts = {
-        "unet": UNet2DConditionModel(**SD21_UNET),
-        "vae": AutoencoderKL(**SD21_VAE),
-        "text_encoder": CLIPTextModel(CLIPTextConfig(**text_cfg)),
-        "vision_encoder": CLIPVisionModel(CLIPVisionConfig(**vision_cfg)) if vision else None,
-    }
-    for module in parts.values():
+    unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
+    text = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    vis = CLIPVisionModel(CLIPVisionConfig(**vision_cfg)) if vision else None
+    for module in (unet, vae, text, vis):
         if module is not None:
             module.to(dtype).requires_grad_(False).eval()
-    return Backbone(alphas_cumprod=schedule_alphas_cumprod(), tokenizer=byte_level_clip_tokenizer(), name="sd21-arch",
-                    **parts)
+    return Backbone(denoiser=UNetDenoiser(unet), autoencoder=Autoencoder(vae),
+                    parameterisation=from_scheduler_config(SD_SCHEDULER), prompts=CLIPPrompts(text, byte_level_clip_tokenizer()),
+                    vision_encoder=vis, name="sd21-arch")
+
+
+def sd3_backbone(dtype: torch.dtype = torch.float32, vision: bool = False, arch: str = "sd35-medium",
+                 layers: int | None = None, text_layers: int | None = None):
+    """SD3 / SD3.5-medium (MM-DiT, 16-channel VAE, CLIP-L + CLIP-G/14 text towers; ViT-H vision tower for
+    VPIM) with the published configurations, built from their configs (random or fake weights). No T5:
+    its 256 positions are zeros, as diffusers' pipeline without ``text_encoder_3``."""
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModel
+
+    from lit_sr.model.autoencoder import Autoencoder
+    from lit_sr.model.backbone import Backbone
+    from lit_sr.model.clip_vocab import byte_level_clip_tokenizer
+    from lit_sr.model.families.sd3 import MMDiTDenoiser, SD3Prompts
+    from lit_sr.model.parameterisation import FlowMatching
+    from lit_sr.model.random_backbone import (
+        CLIP_G_TEXT,
+        CLIP_L_TEXT,
+        OPENCLIP_H_VISION,
+        SD3_VAE,
+        sd3_transformer_config,
+    )
+
+    def text(cfg: dict) -> dict:
+        fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
+        return {**fields, "num_hidden_layers": text_layers} if text_layers else fields
+
+    cfg = sd3_transformer_config(arch, layers)
+    net, vae = SD3Transformer2DModel(**cfg), AutoencoderKL(**SD3_VAE)
+    clip_l = CLIPTextModelWithProjection(CLIPTextConfig(**text(CLIP_L_TEXT)))
+    clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**text(CLIP_G_TEXT)))
+    vis = CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in OPENCLIP_H_VISION.items() if k != "architectures"})) \
+        if vision else None
+    for module in (net, vae, clip_l, clip_g, vis):
+        if module is not None:
+            module.to(dtype).requires_grad_(False).eval()
+    tok = byte_level_clip_tokenizer()
+    prompts = SD3Prompts(clip_l, clip_g, tok, byte_level_clip_tokenizer(pad_token="!"), cfg["joint_attention_dim"])
+    return Backbone(denoiser=MMDiTDenoiser(net), autoencoder=Autoencoder(vae), parameterisation=FlowMatching(1000, 3.0),
+                    prompts=prompts, vision_encoder=vis, name=f"{arch}-arch")

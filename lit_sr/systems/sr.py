@@ -40,6 +40,7 @@ from lit_sr.model.output import SROutput
 from lit_sr.systems.calibration import calibrate_noise
 from lit_sr.systems.distributed import gather_objects
 from lit_sr.systems.guard import FiniteGuard
+from lit_sr.systems.lightning_access import forget_logged
 from lit_sr.systems.stages import Stage, StagePlan
 from losses.base import LossTerm
 
@@ -150,7 +151,7 @@ class SRSystem(L.LightningModule):
 
     def enter_stage(self, index: int) -> None:
         """Apply stage ``index``: active adapters, trainability, learning rates and loss terms."""
-        self.generator.adapters.activate(unet=self.plan.active_unet(index))
+        self.generator.adapters.activate(denoiser=self.plan.active_denoiser(index))
         train_only(self, self.plan.trainable(index))  # loss-term networks train only in their aux step
         self._set_lrs(index)
         self._active_terms = self.plan.term_weights(index)
@@ -168,10 +169,8 @@ class SRSystem(L.LightningModule):
         here (a reset result is skipped until logged again).
         """
         live = {f"train/{n}" for n in self._active_terms} | {f"train/{n}_aux" for n in self._active_terms}
-        for result in self.trainer._results.values():  # the training loop's ResultCollection
-            name = result.meta.name
-            if name.startswith("train/") and name != "train/loss" and name != "train/stage" and name not in live:
-                result.reset()
+        live |= {"train/loss", "train/stage"}
+        forget_logged(self.trainer, lambda name: not name.startswith("train/") or name in live)
 
     def _set_lrs(self, index: int) -> None:
         """Group learning rates of the stage; with a scheduler, its base rates (the schedule scales them)."""

@@ -5,10 +5,10 @@ stage trains every adapter and module with every loss term. Each stage names
 
 * ``name``, ``steps`` — its length in optimizer steps (0 skips it; the last stage may leave it
   null, and in any case lasts until ``trainer.max_steps``);
-* ``train_adapters`` / ``train_vae_adapters`` / ``train_modules`` — UNet adapters, VAE-encoder
+* ``train_adapters`` / ``train_vae_adapters`` / ``train_modules`` — denoiser adapters, VAE-encoder
   adapters and generator sub-modules (``modulation``, ``conditioner``) trained in this stage;
 * ``freeze`` — adapters kept active but not trained (a stage-1 LoRA under a stage-2 LoRA);
-* ``active_adapters`` — the UNet adapters active in the forward (default: train ∪ freeze);
+* ``active_adapters`` — the denoiser adapters active in the forward (default: train ∪ freeze);
 * ``add_adapters`` — new LoRA adapters (name → LoRA spec) first trained in this stage. They are
   created when the generator is built, not at stage start, so checkpoints have stable keys;
 * ``losses`` — ``{term: weight}`` (null weight: the term's configured one; 0: off in this stage,
@@ -98,8 +98,8 @@ class Stage:
     def implicit(self) -> bool:
         return self.train_adapters is None and self.train_vae_adapters is None and self.train_modules is None
 
-    def active_unet(self, all_adapters: list[str]) -> list[str] | None:
-        """Active UNet adapters in generator order (None: keep the generator's own choice)."""
+    def active_denoiser(self, all_adapters: list[str]) -> list[str] | None:
+        """Active denoiser adapters in generator order (None: keep the generator's own choice)."""
         if self.implicit and self.active_adapters is None:
             return None
         wanted = set(self.active_adapters if self.active_adapters is not None
@@ -154,20 +154,20 @@ def added_adapters(stages: list[Stage]) -> dict[str, LoRASpec]:
     return out
 
 
-def check_against(stages: list[Stage], unet: set[str], vae: set[str], terms: set[str], modules: set[str],
+def check_against(stages: list[Stage], denoiser: set[str], vae: set[str], terms: set[str], modules: set[str],
                   endpoints: set[str]) -> None:
     """Each stage's names exist: adapters (configured + added), loss terms, modules, endpoints."""
     added = added_adapters(stages)
-    clash = sorted(set(added) & unet)
+    clash = sorted(set(added) & denoiser)
     if clash:
-        raise ConfigError(f"adapter {clash[0]!r} is both in lora.unet and a stage's add_adapters")
-    unet = unet | set(added)
+        raise ConfigError(f"adapter {clash[0]!r} is both in lora.denoiser and a stage's add_adapters")
+    denoiser = denoiser | set(added)
     for i, stage in enumerate(stages):
         key = f"stages[{i}]"
         for field_name in ("train_adapters", "freeze", "active_adapters"):
             for a in getattr(stage, field_name) or []:
-                if a not in unet:
-                    raise ConfigError(f"'{key}.{field_name}': unknown UNet adapter {a!r}; have {sorted(unet)}")
+                if a not in denoiser:
+                    raise ConfigError(f"'{key}.{field_name}': unknown denoiser adapter {a!r}; have {sorted(denoiser)}")
         for a in stage.train_vae_adapters or []:
             if a not in vae:
                 raise ConfigError(f"'{key}.train_vae_adapters': unknown VAE adapter {a!r}; have {sorted(vae)}")
@@ -207,7 +207,7 @@ class StageSchedule:
 class StagePlan(StageSchedule):
     """What each stage trains, activates and weighs, for one generator and its loss terms.
 
-    Trainable *units* are ``unet:<adapter>``, ``vae:<adapter>`` and ``module:<child>`` (a
+    Trainable *units* are ``denoiser:<adapter>``, ``vae:<adapter>`` and ``module:<child>`` (a
     generator sub-module's own trainable parameters). :attr:`trained_units` — every unit trained in
     some stage, in a fixed order — is the generator optimizer's layout (one parameter group per
     unit), the same in every stage, so checkpoints of any stage load into any other.
@@ -228,7 +228,7 @@ class StagePlan(StageSchedule):
     def _collect_units(self, exclude: set[int]) -> dict[str, list[nn.Parameter]]:
         g = self.generator
         units: dict[str, list[nn.Parameter]] = {}
-        for part, names in (("unet", g.unet_adapters), ("vae", g.vae_adapters)):
+        for part, names in (("denoiser", g.denoiser_adapters), ("vae", g.vae_adapters)):
             for name in names:
                 units[f"{part}:{name}"] = list(g.adapters.parameters(part, name).values())
         for child in MODULE_KEYS:
@@ -244,7 +244,7 @@ class StagePlan(StageSchedule):
     def stage_units(self, stage: Stage) -> list[str]:
         if stage.implicit:
             return list(self.units)
-        names = [f"unet:{a}" for a in stage.train_adapters or []]
+        names = [f"denoiser:{a}" for a in stage.train_adapters or []]
         names += [f"vae:{a}" for a in stage.train_vae_adapters or []]
         names += [f"module:{m}" for m in stage.train_modules or []]
         return names
@@ -261,10 +261,10 @@ class StagePlan(StageSchedule):
         """The generator parameters stage ``index`` trains."""
         return [p for unit in self.stage_units(self[index]) for p in self.units[unit]]
 
-    def active_unet(self, index: int) -> list[str]:
-        """The UNet adapters active in stage ``index`` (the generator's own adapters for the implicit stage)."""
-        active = self[index].active_unet(self.generator.unet_adapters)
-        return list(self.generator.unet_adapters) if active is None else active
+    def active_denoiser(self, index: int) -> list[str]:
+        """The denoiser adapters active in stage ``index`` (the generator's own adapters for the implicit stage)."""
+        active = self[index].active_denoiser(self.generator.denoiser_adapters)
+        return list(self.generator.denoiser_adapters) if active is None else active
 
     def term_weights(self, index: int) -> dict[str, float]:
         """Loss-term weights of stage ``index``; a weight of 0 switches the term off."""

@@ -1,4 +1,4 @@
-"""The conditioner interface: a batch → ``encoder_hidden_states`` for the UNet."""
+"""The conditioner interface: a batch → the :class:`~lit_sr.model.condition.Condition` the denoiser attends to."""
 from __future__ import annotations
 
 import abc
@@ -7,14 +7,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lit_sr.model.condition import Condition
 from lit_sr.model.facts import Checked
 
 
 class Conditioner(Checked, nn.Module, metaclass=abc.ABCMeta):
-    """Produces (B, L, D) cross-attention states, D = the UNet's cross-attention width.
+    """Produces the denoiser's condition: (B, L, D) token states, D = the denoiser's ``cond_width``,
+    plus a (B, P) pooled vector for families that take one (``denoiser.pooled_width``; SD3).
 
     ``attach(backbone)`` is called once by the generator with the frozen pretrained parts; a
-    conditioner keeps only what it needs (a cached embedding, a frozen encoder, its own MLP).
+    conditioner keeps only what it needs (a cached embedding, the prompt encoder, its own MLP).
 
     Hooks declared here: ``uses_text`` (per-image prompts are read from the batch),
     ``negative_prompt`` (the conditioner's own unconditional prompt, for classifier-free
@@ -32,13 +34,13 @@ class Conditioner(Checked, nn.Module, metaclass=abc.ABCMeta):
         """Take what is needed from the backbone."""
 
     @abc.abstractmethod
-    def forward(self, lq_up: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+    def forward(self, lq_up: torch.Tensor, batch: dict | None = None) -> Condition:
         """``lq_up`` is the upsampled LQ in [-1, 1]; ``batch`` may carry prompts."""
 
     def prompts_for(self, batch: dict | None, batch_size: int) -> list[str] | None:
         """The text prompt each image of the batch is conditioned on (None: this conditioner reads no text)."""
         return None
 
-    def prompt_embedding(self, prompt: str) -> torch.Tensor | None:
-        """(1, L, D) embedding of a fixed text prompt, or None when this conditioner cannot make one."""
+    def prompt_embedding(self, prompt: str) -> Condition | None:
+        """The (batch 1) condition of a fixed text prompt, or None when this conditioner cannot make one."""
         return None

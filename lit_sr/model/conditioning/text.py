@@ -7,10 +7,11 @@ Each image's prompt comes from, in order:
    looked up by the stem of ``batch["path"][i]`` (or ``batch["name"][i]``);
 3. the fixed ``prompt``.
 
-Prompts are tokenised to the tokenizer's max length (77 for CLIP) with padding, as Stable
-Diffusion was trained, and encoded by the frozen text encoder. The encoder is kept (prompts
-change per batch) but is never trained, never saved as trained state and stays in eval mode. A
-negative prompt is encoded once for classifier-free guidance users (e.g. VSD's real score).
+Prompts are encoded by the backbone's prompt encoder as its family was trained (SD-2: CLIP states
+padded to 77 tokens; SD3: CLIP-L + CLIP-G (+ T5) states and the pooled vector). The encoder is
+kept (prompts change per batch) but is never trained, never saved as trained state and stays in
+eval mode. A negative prompt is encoded once for classifier-free guidance users (e.g. VSD's real
+score).
 """
 from __future__ import annotations
 
@@ -22,9 +23,8 @@ from pathlib import Path
 import torch
 
 from lit_sr.errors import ConfigError
+from lit_sr.model.condition import Condition, ConditionBuffer, PromptEncoder
 from lit_sr.model.conditioning.base import Conditioner
-from lit_sr.model.conditioning.frozen import FrozenModule
-from lit_sr.model.conditioning.null import encode_prompts
 from lit_sr.model.facts import RunFacts
 
 log = logging.getLogger(__name__)
@@ -78,26 +78,26 @@ class TextConditioner(Conditioner):
         self.use_batch_prompts = bool(use_batch_prompts)
         self.prompt_map = load_prompt_file(prompt_file) if prompt_file else {}
         self.cache_size = int(cache_size)
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, Condition] = {}
         self._warned_missing = False
-        self._encoder: FrozenModule | None = None
+        self._encoder: PromptEncoder | None = None
         self.tokenizer = None
-        self.register_buffer("embedding", torch.empty(0), persistent=False)
-        self.register_buffer("negative", torch.empty(0), persistent=False)
+        self.embedding = ConditionBuffer()
+        self.negative = ConditionBuffer()
 
     @classmethod
     def requires(cls, node, facts: RunFacts) -> str | None:
         if not facts.text_encoder:
-            return "conditioning=text needs the backbone's CLIP text encoder (set backbone.text_encoder=true)"
+            return "conditioning=text needs the backbone's text encoder (set backbone.text_encoder=true)"
         return None
 
     def attach(self, backbone) -> None:
-        if backbone.text_encoder is None or backbone.tokenizer is None:
-            raise ConfigError("conditioning=text needs the backbone's CLIP text encoder (backbone.text_encoder=true)")
-        self._encoder = FrozenModule(backbone.text_encoder)
-        self.tokenizer = backbone.tokenizer
-        self.embedding = encode_prompts(backbone.text_encoder, self.tokenizer, [self.prompt]).float()
-        self.negative = encode_prompts(backbone.text_encoder, self.tokenizer, [self.negative_prompt]).float()
+        if backbone.prompts is None:
+            raise ConfigError("conditioning=text needs the backbone's text encoder (backbone.text_encoder=true)")
+        self._encoder = backbone.prompts
+        self.tokenizer = backbone.prompts.tokenizer
+        self.embedding.set(self._encoder.encode([self.prompt]))
+        self.negative.set(self._encoder.encode([self.negative_prompt]))
 
     # ------------------------------------------------------------------ prompts
     def prompts_for(self, batch: dict | None, batch_size: int) -> list[str]:
@@ -122,32 +122,31 @@ class TextConditioner(Conditioner):
             prompts.append(self.prompt_map.get(stem, self.prompt))
         return prompts
 
-    def encode(self, prompts: list[str], ref: torch.Tensor) -> torch.Tensor:
-        """(len(prompts), L, D) embeddings on ``ref``'s device (cached per prompt)."""
+    def encode(self, prompts: list[str], ref: torch.Tensor) -> Condition:
+        """The condition of every prompt on ``ref``'s device (cached per prompt)."""
         if self._encoder is None:
             raise RuntimeError("TextConditioner used before attach(backbone)")
         missing = sorted({p for p in prompts if p not in self._cache})
         if missing:
             if len(self._cache) + len(missing) > self.cache_size:
                 self._cache.clear()
-            emb = encode_prompts(self._encoder.on(ref), self.tokenizer, missing).float()
-            self._cache.update({p: e for p, e in zip(missing, emb)})
-        return torch.stack([self._cache[p].to(ref.device) for p in prompts])
+            self._cache.update(zip(missing, self._encoder.encode(missing, ref).rows()))
+        return Condition.stack([self._cache[p] for p in prompts]).to(device=ref.device)
 
-    def forward(self, lq_up: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+    def forward(self, lq_up: torch.Tensor, batch: dict | None = None) -> Condition:
         prompts = self.prompts_for(batch, lq_up.shape[0])
         if all(p == self.prompt for p in prompts):
-            return self.embedding.to(lq_up.dtype).expand(lq_up.shape[0], -1, -1)
+            return self.embedding.get().to(lq_up.dtype).expand(lq_up.shape[0])
         return self.encode(prompts, lq_up).to(lq_up.dtype)
 
-    def prompt_embedding(self, prompt: str) -> torch.Tensor | None:
+    def prompt_embedding(self, prompt: str) -> Condition | None:
         if prompt == self.negative_prompt:
-            return self.negative
+            return self.negative.get()
         if prompt == self.prompt:
-            return self.embedding
-        return self.encode([prompt], self.embedding)[:1]
+            return self.embedding.get()
+        return self.encode([prompt], self.embedding.tokens)
 
-    def negative_embedding(self, batch_size: int = 1, ref: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L, D) embedding of ``negative_prompt`` (for classifier-free guidance)."""
-        neg = self.negative if ref is None else self.negative.to(ref.device, ref.dtype)
-        return neg.expand(batch_size, -1, -1)
+    def negative_embedding(self, batch_size: int = 1, ref: torch.Tensor | None = None) -> Condition:
+        """The condition of ``negative_prompt`` for ``batch_size`` images (classifier-free guidance)."""
+        neg = self.negative.get() if ref is None else self.negative.get().to(ref.dtype, ref.device)
+        return neg.expand(batch_size)

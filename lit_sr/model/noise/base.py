@@ -2,14 +2,18 @@
 
 A strategy answers three questions for one generator pass:
 
-1. which timestep ``t`` the UNet is told (from the batch in training, from the user's knob at
-   inference);
-2. what latent the UNet sees (the clean LQ latent, or a noised one);
-3. how the UNet's ε-prediction turns into the clean-latent estimate ẑ.
+1. which timestep ``t`` the pass uses (from the batch in training, from the user's knob at
+   inference) — an integer in [0, T) whatever the backbone;
+2. what latent the denoiser sees (the clean LQ latent, or a noised one);
+3. how the denoiser's prediction turns into the clean-latent estimate ẑ.
 
-It also reports λ_t (the strength LQ feature modulation uses) so modulation follows the
-strategy. The knob is the same idea everywhere: one number (or named preset) chosen at
-inference that moves the output between fidelity and realism.
+Everything that depends on the backbone's parameterisation (ε, v or flow matching: how a
+latent is noised at t, how a prediction becomes x₀, the weights a_t, b_t) goes through the
+:class:`~lit_sr.model.parameterisation.Parameterisation` the generator attaches, so every
+strategy runs on every backbone family. It also reports λ_t (the strength LQ feature
+modulation uses) so modulation follows the strategy. The knob is the same idea everywhere:
+one number (or named preset) chosen at inference that moves the output between fidelity and
+realism.
 
 Values a strategy computes in one pass (the injected noise, a latent metric) go into
 ``ctx.extras``, the one bag that :meth:`to_x0` reads and the generator returns as
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 
 from lit_sr.model.facts import Checked
+from lit_sr.model.parameterisation import Parameterisation
 
 
 @dataclass
@@ -61,7 +66,7 @@ def parse_timestep(knob: Any, num_train_timesteps: int, key: str) -> int:
 
 
 class NoiseStrategy(Checked, nn.Module, metaclass=abc.ABCMeta):
-    """Base class; holds the diffusion schedule ᾱ_t attached by the generator.
+    """Base class; holds the backbone's parameterisation, attached by the generator.
 
     Hooks a strategy may set or override (all declared here):
 
@@ -83,44 +88,43 @@ class NoiseStrategy(Checked, nn.Module, metaclass=abc.ABCMeta):
 
     def __init__(self) -> None:
         super().__init__()
-        # A plain attribute, not a buffer: ᾱ_999 ≈ 0.005 must not be rounded to bf16 when the
-        # module is cast; it is moved to the input's device on use.
-        self._alphas_cumprod = torch.empty(0, dtype=torch.float64)
+        # A plain attribute, not a submodule: the schedule belongs to the backbone (float64 tables
+        # that must not be cast with the module).
+        self._parameterisation: Parameterisation | None = None
 
+    def attach(self, parameterisation: Parameterisation) -> None:
+        """Bind to the backbone's parameterisation (checks timestep settings against its range)."""
+        self._parameterisation = parameterisation
 
-    def attach(self, alphas_cumprod: torch.Tensor) -> None:
-        self._alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64).clone()
+    @property
+    def parameterisation(self) -> Parameterisation:
+        if self._parameterisation is None:
+            raise RuntimeError("noise strategy used before attach(parameterisation)")
+        return self._parameterisation
 
     @property
     def num_train_timesteps(self) -> int:
-        return int(self._alphas_cumprod.numel())
-
-    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
-        """ᾱ_t for a (B,) long tensor of timesteps, float32 on t's device."""
-        if self._alphas_cumprod.numel() == 0:
-            raise RuntimeError("noise strategy used before attach(alphas_cumprod)")
-        return self._alphas_cumprod.to(t.device)[t.long()].float()
+        return self._parameterisation.num_train_timesteps if self._parameterisation is not None else 0
 
     def w(self, t: torch.Tensor) -> torch.Tensor:
-        """w_t = √(1−ᾱ_t)/√ᾱ_t, the ε → latent scale of the one-step update."""
-        a = self.alpha_bar(t)
-        return (1.0 - a).sqrt() / a.sqrt()
+        """w_t = b_t/a_t, the noise-to-signal ratio at t (the ε → latent scale of a one-step update)."""
+        return self.parameterisation.w(t)
 
     def modulation_strength(self, t: torch.Tensor) -> torch.Tensor:
         """λ_t = 1/w_t: modulation matters more where less noise is injected."""
-        return 1.0 / self.w(t)
+        return self.parameterisation.modulation_strength(t)
 
     @abc.abstractmethod
     def timesteps(self, ctx: NoiseContext) -> torch.Tensor:
         """(B,) long timesteps for this pass."""
 
     @abc.abstractmethod
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
-        """The latent the UNet sees; values :meth:`to_x0` needs (e.g. the injected noise) go into ``ctx.extras``."""
+    def denoiser_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
+        """The latent the denoiser sees; values :meth:`to_x0` needs (e.g. the injected noise) go into ``ctx.extras``."""
 
-    @abc.abstractmethod
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
-        """ẑ from the UNet's ε-prediction."""
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """ẑ from the denoiser's prediction at input ``z_in`` (the parameterisation's x₀)."""
+        return self.parameterisation.to_x0(pred, z_in, t)
 
     def parse_knob(self, knob: Any) -> Any:
         """Validate a user knob (CLI string or number); raise ValueError with one line naming the valid range."""

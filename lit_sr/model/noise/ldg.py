@@ -32,10 +32,12 @@ the reference code's 0.5 and 0.7 (0.3 + 0.6/3 and 0.3 + 2·0.6/3).
 Each epoch the share of training samples per group is logged (``noise/group_t<t>``), with a
 warning for a group under 5 %: a group that rarely trains is a knob setting that does not work.
 
-Like the reference code, the UNet sees the clean LQ latent z_L (no noise is added): the timestep
-only tells the UNet which domain it is in. ẑ = (z_L − √(1−ᾱ_t)·ε̂)/√ᾱ_t. The reference code
+Like the reference code, the denoiser sees the clean LQ latent z_L (no noise is added): the
+timestep only tells it which domain it is in. ẑ is the parameterisation's x₀ of its prediction at
+z_L: (z_L − √(1−ᾱ_t)·ε̂)/√ᾱ_t for ε-prediction, z_L − σ_t·v̂ for flow matching (the groups'
+t = 250/500/750 are σ = 0.50/0.75/0.90 at SD3's shift 3; ``docs/backbones.md``). The reference code
 divides by a fixed ᾱ = 0.7537 (≈ ᾱ_200 of the SD schedule) for every t; ``fixed_alpha_x0: 0.7537``
-reproduces that.
+reproduces that (ε-prediction only).
 
 Inference knob: an integer t, a preset (``fidelity`` / ``neutral`` / ``realism`` = the smallest /
 middle / largest group timestep: 250/500/750 under the paper grouping), or ``adaptive``: the
@@ -266,8 +268,11 @@ class LDGNoise(NoiseStrategy):
                 f"runs, but only these were trained) or a preset fidelity, neutral, realism{extra}; default "
                 f"{self.default_knob}; larger t = more generated detail")
 
-    def attach(self, alphas_cumprod: torch.Tensor) -> None:
-        super().attach(alphas_cumprod)
+    def attach(self, parameterisation) -> None:
+        super().attach(parameterisation)
+        if self.fixed_alpha_x0 is not None and parameterisation.kind != "epsilon":
+            raise ValueError(f"noise.fixed_alpha_x0 is the reference code's ε-prediction shortcut; this backbone "
+                             f"predicts {parameterisation.kind}: set noise.fixed_alpha_x0=null")
         T = self.num_train_timesteps
         for t in self.group_t:
             if not 0 <= t < T:
@@ -305,13 +310,11 @@ class LDGNoise(NoiseStrategy):
             return self.timestep_for(metric)
         return self.full_timesteps(knob, z)
 
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
+    def denoiser_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
         return ctx.z_lq
 
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
-        if self.fixed_alpha_x0 is not None:
-            a = torch.full((t.shape[0],), float(self.fixed_alpha_x0), device=t.device)
-        else:
-            a = self.alpha_bar(t)
-        a = a.to(z_in.dtype)[:, None, None, None]
-        return (z_in - (1.0 - a).sqrt() * eps_hat) / a.sqrt()
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        if self.fixed_alpha_x0 is None:
+            return self.parameterisation.to_x0(pred, z_in, t)
+        a = torch.full((t.shape[0],), float(self.fixed_alpha_x0), device=t.device).to(z_in.dtype)[:, None, None, None]
+        return (z_in - (1.0 - a).sqrt() * pred) / a.sqrt()

@@ -1,6 +1,11 @@
 """Plain noise injection at a chosen t: RGPA without its region weights (CODSR's ablation baseline).
 
-    z_t = √ᾱ_t·z_L + √(1−ᾱ_t)·ε,   ẑ = z_L + w_t·(ε − ε̂),   w_t = √(1−ᾱ_t)/√ᾱ_t
+    z_t = a_t·z_L + b_t·ε,   ẑ = z_L + c_t·(target(z_L, ε) − prediction)
+
+with the backbone's parameterisation: for ε-prediction a_t = √ᾱ_t, b_t = √(1−ᾱ_t), target ε and
+c_t = w_t = √(1−ᾱ_t)/√ᾱ_t (ẑ = z_L + w_t·(ε − ε̂)); for flow matching a_t = 1 − σ_t, b_t = σ_t,
+target ε − z_L and c_t = σ_t. ẑ is the parameterisation's x₀ of the prediction at z_t, written
+around z_L (the same value without subtracting two large terms).
 
 Every latent pixel gets the same noise, so comparing ``noise=noised`` with ``noise=rgpa`` at the
 same t isolates what RGPA's gradient-weighted map adds. Training draws t from [t_min, t_max];
@@ -32,8 +37,8 @@ class NoisedLatent(NoiseStrategy):
         self.t_min, self.t_max, self.timestep = int(t_min), int(t_max), int(timestep)
         self.sweep = [int(v) for v in (sweep if sweep is not None else [50, 100, 200, 300, 400])]
 
-    def attach(self, alphas_cumprod: torch.Tensor) -> None:
-        super().attach(alphas_cumprod)
+    def attach(self, parameterisation) -> None:
+        super().attach(parameterisation)
         for key, value in (("t_max", self.t_max), ("timestep", self.timestep), *(("sweep", v) for v in self.sweep)):
             if not 0 <= value < self.num_train_timesteps:
                 raise ValueError(f"noise.{key}={value} outside [0, {self.num_train_timesteps})")
@@ -62,16 +67,14 @@ class NoisedLatent(NoiseStrategy):
                                  device=z.device, dtype=torch.long)
         return self.full_timesteps(self.parse_knob(ctx.knob), z)
 
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
+    def denoiser_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
         z = ctx.z_lq
         weight = self.noise_weight(ctx)
         eps = torch.randn(z.shape, generator=ctx.generator, device=z.device, dtype=z.dtype)
         if weight is not None:
             eps = weight * eps
         ctx.extras["eps"] = eps  # to_x0 needs the injected noise
-        a = self.alpha_bar(t).to(z.dtype)[:, None, None, None]
-        return a.sqrt() * z + (1.0 - a).sqrt() * eps
+        return self.parameterisation.noised(z, eps, t)
 
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
-        w = self.w(t).to(eps_hat.dtype)[:, None, None, None]
-        return ctx.z_lq + w * (ctx.extras["eps"] - eps_hat)
+    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        return self.parameterisation.to_x0_from(ctx.z_lq, ctx.extras["eps"], pred, t)

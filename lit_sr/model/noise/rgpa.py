@@ -16,7 +16,9 @@ W is brought to latent resolution (one 16-px patch = 16/f latent pixels for VAE 
     ε_a = W ⊙ ε,   z_t = √ᾱ_t·z_L + √(1−ᾱ_t)·ε_a,   ẑ = z_L + w_t·(ε_a − ε̂),   w_t = √(1−ᾱ_t)/√ᾱ_t.
 
 ẑ is the DDPM x0-estimate from z_t written around z_L (the same value, without the cancellation
-error of subtracting two large terms). Training draws t uniformly from [t_min, t_max]; the
+error of subtracting two large terms). On a flow-matching backbone the same map weights the
+noise of ``z_t = (1−σ_t)·z_L + σ_t·ε_a`` and ẑ = z_L + σ_t·(ε_a − z_L − v̂) (:class:`NoisedLatent`
+through the parameterisation; ``docs/backbones.md``). Training draws t uniformly from [t_min, t_max]; the
 inference knob is t itself (CODSR's default is 100): a larger t injects more noise and lets the
 generative prior add more detail.
 """

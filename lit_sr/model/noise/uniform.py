@@ -1,4 +1,9 @@
-"""OSEDiff's uniform one-step scheme: the clean LQ latent at a fixed t (999)."""
+"""OSEDiff's uniform one-step scheme: the clean LQ latent at a fixed t (999).
+
+The denoiser sees z_L as if it were the noisy input at t and ẑ is the parameterisation's x₀ of
+its prediction: ``(z_L − √(1−ᾱ_t)·ε̂)/√ᾱ_t`` for ε-prediction, ``z_L − σ_t·v̂`` for flow matching
+(σ_999 = 1: ẑ = z_L − v̂, the one-step form of flow-based SR such as TSD-SR).
+"""
 from __future__ import annotations
 
 import logging
@@ -12,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class UniformNoise(NoiseStrategy):
-    """``ẑ = (z_L − √(1−ᾱ_t)·ε̂)/√ᾱ_t`` at one fixed t for training and inference.
+    """ẑ = x₀(prediction at z_L) at one fixed t for training and inference.
 
     There is no trade-off knob: a knob passed at inference has no effect (logged once).
     """
@@ -24,8 +29,8 @@ class UniformNoise(NoiseStrategy):
         self.timestep = int(timestep)
         self._warned_knob = False
 
-    def attach(self, alphas_cumprod: torch.Tensor) -> None:
-        super().attach(alphas_cumprod)
+    def attach(self, parameterisation) -> None:
+        super().attach(parameterisation)
         if not 0 <= self.timestep < self.num_train_timesteps:
             raise ValueError(f"noise.timestep={self.timestep} outside [0, {self.num_train_timesteps})")
 
@@ -43,9 +48,5 @@ class UniformNoise(NoiseStrategy):
             self.parse_knob(ctx.knob)
         return self.full_timesteps(self.timestep, ctx.z_lq)
 
-    def unet_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
+    def denoiser_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
         return ctx.z_lq
-
-    def to_x0(self, ctx: NoiseContext, t: torch.Tensor, z_in: torch.Tensor, eps_hat: torch.Tensor) -> torch.Tensor:
-        a = self.alpha_bar(t).to(z_in.dtype)[:, None, None, None]
-        return (z_in - (1.0 - a).sqrt() * eps_hat) / a.sqrt()
