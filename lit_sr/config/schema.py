@@ -109,6 +109,8 @@ class TrainConfig:
     cpu_threads: Optional[int] = None
     run_dir: str = "runs/default"
     run_lock: bool = True  # refuse a second live run in the same run_dir
+    run_lock_ttl: float = 300.0  # seconds without a heartbeat after which another host's lock is dead
+    job_id: Optional[str] = None  # the scheduler job the run belongs to (null: SLURM's, if any)
     ckpt_path: Optional[str] = None
     backbone: Any = MISSING
     noise: Any = MISSING
@@ -134,6 +136,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise FieldError("cpu_threads", f"must be >= 1 or null, got {self.cpu_threads}")
+        if not (math.isfinite(self.run_lock_ttl) and self.run_lock_ttl > 0):
+            raise FieldError("run_lock_ttl", f"must be a finite number of seconds > 0, got {self.run_lock_ttl}")
 
 
 # ------------------------------------------------------------------------------ extraction root
