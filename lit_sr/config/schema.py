@@ -172,6 +172,36 @@ class ExtractConfig:
             raise FieldError("verify", f"must be 'stat' or 'sha1', got {self.verify!r}")
 
 
+# ------------------------------------------------------------------------------ packing root
+
+@dataclass
+class PackConfig:
+    """The root of ``conf/pack.yaml`` (packing image folders into a shard set)."""
+
+    input_dirs: Optional[list[str]] = None
+    output_dir: Optional[str] = None
+    workers: int = 2
+    part_size: int = 256
+    chunk_bytes: str = "64MB"
+    min_size: Optional[int] = None
+    max_pixels: Optional[int] = 200_000_000
+    mask_cache: Optional[str] = None
+    prompts: Optional[str] = None
+    verify: str = "stat"
+
+    def __post_init__(self) -> None:
+        if not self.input_dirs:
+            raise FieldError("input_dirs", "is missing: the HR image folders to pack (input_dirs=[/data/a,/data/b])")
+        if not self.output_dir:
+            raise FieldError("output_dir", "is missing: the shard set folder to write (output_dir=/data/shards/a)")
+        for name, low in (("workers", 0), ("part_size", 1), ("min_size", 1), ("max_pixels", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise FieldError(name, f"must be >= {low}, got {value}")
+        if self.verify not in ("stat", "sha1"):
+            raise FieldError("verify", f"must be 'stat' or 'sha1', got {self.verify!r}")
+
+
 # ------------------------------------------------------------------------------ component schemas
 
 _PRIMITIVES = (int, float, bool, str, bytes, Path)

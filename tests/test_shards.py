@@ -1,0 +1,180 @@
+"""Sharded streaming data: packing (parallel, resumable, bad images left out), the streaming order, and
+training pairs from shards equal to the ones folders give."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datamodules.shard_format import MANIFEST
+from datamodules.shard_sampling import ShardBatchSampler, StreamOrder
+from lit_sr.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_images(folder: Path, n: int, seed: int = 0, low: int = 40, high: int = 72) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(low, high, 2))
+        path = folder / f"{i:04d}.png"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        out.append(path)
+    return out
+
+
+def pack_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lit_sr.pack", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"), timeout=timeout)
+
+
+def shard_keys(root: Path) -> list[str]:
+    from litdata import StreamingDataset
+
+    from datamodules.shard_format import Sample
+
+    ds = StreamingDataset(str(root))
+    return [Sample.from_item(ds[i]).key for i in range(len(ds))]
+
+
+# ------------------------------------------------------------------------------ packing
+
+
+def test_pack_keeps_every_usable_image_in_order_and_leaves_out_bad_ones_with_a_count(tmp_path):
+    files = make_images(tmp_path / "photos", 12)
+    (tmp_path / "photos" / "broken.png").write_bytes(b"not an image")
+    Image.new("RGB", (20, 90)).save(tmp_path / "photos" / "thin.png")  # below min_size
+    proc = pack_cli(f"input_dirs=[{tmp_path / 'photos'}]", f"output_dir={tmp_path / 'set'}", "workers=2",
+                    "part_size=5", "chunk_bytes=20kb", "min_size=32")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "shard set: 12 samples" in proc.stdout and "2 images left out" in proc.stdout
+    manifest = json.loads((tmp_path / "set" / MANIFEST).read_text())
+    assert manifest["samples"] == 12 and manifest["skipped"] == 2 and manifest["sources"] == ["photos"]
+    assert shard_keys(tmp_path / "set") == [f"photos/{p.name}" for p in files]  # sorted, as folders list them
+    from litdata import StreamingDataset
+
+    from datamodules.shard_format import Sample
+
+    sample = Sample.from_item(StreamingDataset(str(tmp_path / "set"))[3])
+    assert sample.image == files[3].read_bytes()  # stored as the file was: no re-encoding
+    assert not (tmp_path / "set" / ".pack").exists()
+
+
+def test_a_killed_pack_resumes_and_gives_the_same_set_as_an_uninterrupted_one(tmp_path):
+    make_images(tmp_path / "photos", 40, low=200, high=260)  # slow enough to be killed half-way
+    common = [f"input_dirs=[{tmp_path / 'photos'}]", "workers=1", "part_size=4", "chunk_bytes=200kb"]
+    assert pack_cli(*common, f"output_dir={tmp_path / 'straight'}").returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "lit_sr.pack", *common, f"output_dir={killed}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list((killed / ".pack").glob("part-*.json"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the pack ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the packer and its workers, mid-part
+    proc.wait()
+    done_before = len(list((killed / ".pack").glob("part-*.json")))
+    assert done_before < 10 and not (killed / "index.json").exists()
+    with pytest.raises(ConfigError, match="not a packed shard set .*interrupted pack"):
+        from datamodules.shard_format import read_manifest
+
+        read_manifest(str(killed))
+    again = pack_cli(*common, f"output_dir={killed}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"({10 - done_before} written now)" in again.stdout
+    assert shard_keys(killed) == shard_keys(tmp_path / "straight")
+    a = json.loads((tmp_path / "straight" / "index.json").read_text())["chunks"]
+    b = json.loads((killed / "index.json").read_text())["chunks"]
+    assert [c["filename"] for c in a] == [c["filename"] for c in b]
+    assert all((tmp_path / "straight" / c["filename"]).read_bytes() == (killed / c["filename"]).read_bytes() for c in a)
+
+
+def test_pack_refuses_bad_input_with_one_line(tmp_path):
+    make_images(tmp_path / "a" / "photos", 2)
+    make_images(tmp_path / "b" / "photos", 2)
+    cases = [([f"input_dirs=[{tmp_path / 'nope'}]", f"output_dir={tmp_path / 'x'}"], "input_dirs: folder not found"),
+             ([f"input_dirs=[{tmp_path / 'a' / 'photos'},{tmp_path / 'b' / 'photos'}]", f"output_dir={tmp_path / 'x'}"],
+              "share the folder name"),
+             ([f"output_dir={tmp_path / 'x'}"], "input_dirs is missing"),
+             ([f"input_dirs=[{tmp_path / 'a'}]", f"output_dir={tmp_path / 'b'}"], "is not empty")]
+    for args, message in cases:
+        proc = pack_cli(*args)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# ------------------------------------------------------------------------------ the streaming order
+
+
+def test_every_epoch_visits_each_sample_once_over_the_ranks_in_chunk_local_blocks():
+    sizes = [16] * 12 + [7]  # 199 samples
+    for world, batch in ((1, 4), (4, 2), (3, 5)):
+        order = StreamOrder(sizes, seed=3, world_size=world, batch_size=batch)
+        per_epoch = []
+        for epoch in range(3):
+            everything = order.epoch_order(epoch)
+            assert sorted(everything.tolist()) == list(range(199))
+            ranks = [order.rank_batches(epoch, r) for r in range(world)]
+            drawn = np.concatenate([r.ravel() for r in ranks])
+            assert len(set(drawn.tolist())) == len(drawn) == world * order.per_rank  # no sample twice
+            assert 199 - len(drawn) < world * batch  # only a short tail waits for the next epoch
+            chunks_read = [len(set((r.ravel() // 16).tolist())) for r in ranks]
+            assert max(chunks_read) <= -(-len(sizes) // world) + 1  # a rank reads only its own few chunks
+            per_epoch.append(everything)
+        assert not np.array_equal(per_epoch[0], per_epoch[1])  # a new order every epoch
+    assert np.array_equal(StreamOrder(sizes, 3).epoch_order(1), StreamOrder(sizes, 3, 4, 2).epoch_order(1))
+
+
+def test_the_batch_sampler_resumes_mid_epoch_at_the_first_untrained_batch():
+    sampler = ShardBatchSampler(6)
+    sampler.resume(epoch=2, batches_done=4)
+    assert list(sampler) == [(2, 4), (2, 5)]
+    assert list(sampler) == [(2, j) for j in range(6)]  # the resume point is used once
+    sampler.resume(epoch=2, batches_done=4)
+    sampler.set_epoch(3)
+    assert list(sampler) == [(3, j) for j in range(6)]
+
+
+# ------------------------------------------------------------------------------ training pairs
+
+
+def test_shard_pairs_equal_folder_pairs_for_the_same_draw(tmp_path, make_cfg):
+    from datamodules.hr_folder import HRCropDataset
+    from datamodules.packing import pack
+    from lit_sr.config.build import build_datamodule
+
+    files = make_images(tmp_path / "photos", 9)
+    pack([str(tmp_path / "photos")], str(tmp_path / "set"), workers=0, part_size=4)
+    cfg = make_cfg("data=shards", f"data.shards={tmp_path / 'set'}", "data.crop_size=32", "data.batch_size=3",
+                   "degradation=realesrgan_x4plus", "data.num_workers=1")
+    dm = build_datamodule(cfg)
+    dm.check()
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == 3 and sorted(p for b in batches for p in b["path"]) == [f"photos/{f.name}" for f in files]
+    folder = HRCropDataset(files, 32, epoch_size=9, seed=int(cfg.seed))
+    for j, batch in enumerate(batches):
+        for draw in batch["draw"].tolist():  # epoch 0: draw = sample id = the file's place in packing order
+            assert torch.equal(folder[draw]["hq"], dm.train_set.samples.item(draw, 0)["hq"])
+        again = dm.train_dataloader().dataset[(0, j)]  # the same key, in this process: the same pair
+        assert torch.equal(again["lq"], batch["lq"]) and again["degradation"] == batch["degradation"]
+
+
+def test_data_shards_on_a_folder_that_is_not_a_shard_set_is_one_line(tmp_path):
+    make_images(tmp_path / "photos", 2)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "train.py", "data=shards", f"data.shards={tmp_path / 'photos'}",
+                           f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: data.shards: ") and "lit_sr.pack" in proc.stderr
