@@ -62,7 +62,9 @@ class ShardBatchSampler(Sampler[tuple[int, int]]):
     def __init__(self, batches_per_epoch: int) -> None:
         self.batches = int(batches_per_epoch)
         self.epoch = 0
-        self._skip = 0  # batches of the current epoch already trained on (set by resume, used once)
+        # Batches of the current epoch already trained on (set by resume). It holds for the whole epoch, not for
+        # one iter(): torch's multi-worker loader iterates its sampler twice when it starts.
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -76,5 +78,4 @@ class ShardBatchSampler(Sampler[tuple[int, int]]):
         return self.batches
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        skip, self._skip = self._skip, 0
-        return iter([(self.epoch, j) for j in range(skip, self.batches)])
+        return iter([(self.epoch, j) for j in range(self._skip, self.batches)])

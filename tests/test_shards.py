@@ -135,14 +135,30 @@ def test_every_epoch_visits_each_sample_once_over_the_ranks_in_chunk_local_block
     assert np.array_equal(StreamOrder(sizes, 3).epoch_order(1), StreamOrder(sizes, 3, 4, 2).epoch_order(1))
 
 
-def test_the_batch_sampler_resumes_mid_epoch_at_the_first_untrained_batch():
-    sampler = ShardBatchSampler(6)
-    sampler.resume(epoch=2, batches_done=4)
-    assert list(sampler) == [(2, 4), (2, 5)]
-    assert list(sampler) == [(2, j) for j in range(6)]  # the resume point is used once
-    sampler.resume(epoch=2, batches_done=4)
-    sampler.set_epoch(3)
-    assert list(sampler) == [(3, j) for j in range(6)]
+class _Echo(torch.utils.data.Dataset):
+    def __getitem__(self, key):
+        return key
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_samplers_resume_mid_epoch_at_the_first_untrained_batch_with_any_number_of_workers(num_workers):
+    from torch.utils.data import DataLoader
+
+    from datamodules.sampling import EpochSampler
+
+    for make, done in ((lambda: ShardBatchSampler(6), 4), (lambda: EpochSampler(12, seed=0), 8)):
+        whole = make()
+        whole.set_epoch(2)
+        expected = list(whole)[done:]
+        sampler = make()
+        sampler.resume(epoch=2, **({"batches_done": done} if isinstance(sampler, ShardBatchSampler) else
+                                   {"items_done": done}))
+        sampler.set_epoch(2)  # Lightning, before the resumed epoch
+        # A loader with workers starts by iterating its sampler twice: the resume point must survive that.
+        seen = list(DataLoader(_Echo(), batch_size=None, sampler=sampler, num_workers=num_workers))
+        assert [tuple(k) if isinstance(k, list) else int(k) for k in seen] == expected
+        sampler.set_epoch(3)
+        assert len(list(sampler)) == len(whole)  # the next epoch is whole
 
 
 # ------------------------------------------------------------------------------ training pairs
