@@ -26,7 +26,7 @@ from datamodules.hr_folder import random_crop
 from datamodules.imageio import DEFAULT_MAX_PIXELS, decode_image
 from datamodules.mask_cache import MaskCache
 from datamodules.sampling import draw_generator
-from datamodules.shard_format import Sample
+from datamodules.shard_format import Sample, open_reader
 from datamodules.shard_sampling import StreamOrder
 from datamodules.tmg_dataset import annotate
 from lit_sr.errors import ImageLoadError
@@ -57,7 +57,7 @@ class ShardSamples:
         self._cache: MaskCache | None = None
         self._bad: dict[int, str] = {}  # sample id → reason (this process)
         self.chunk_sizes = [end - start for start, end in self.dataset.region_of_interest]
-        self.total = int(sum(self.chunk_sizes))
+        self.total = int(sum(self.chunk_sizes))  # not len(reader): under DDP that is one rank's share
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -67,9 +67,7 @@ class ShardSamples:
     @property
     def dataset(self):
         if self._ds is None:
-            from litdata import StreamingDataset
-
-            self._ds = StreamingDataset(self.root, cache_dir=self.cache_dir)
+            self._ds, _ = open_reader(self.root, self.cache_dir)
         return self._ds
 
     def __len__(self) -> int:

@@ -76,6 +76,14 @@ class Sample:
         return np.unpackbits(packed, axis=1, count=h * w).reshape(n, h, w).astype(bool)
 
 
+def open_reader(root: str, cache_dir: str | None = None):
+    """litdata's reader of the set and its sample count (``len()`` of the reader is one rank's share under DDP)."""
+    from litdata import StreamingDataset
+
+    reader = StreamingDataset(str(root), cache_dir=cache_dir)
+    return reader, int(sum(end - start for start, end in reader.region_of_interest))
+
+
 def is_remote(root: str) -> bool:
     """True for an object-store URL (``s3://…``, ``gs://…``), False for a local folder."""
     return "://" in str(root)

@@ -40,12 +40,10 @@ def pack_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def shard_keys(root: Path) -> list[str]:
-    from litdata import StreamingDataset
+    from datamodules.shard_format import Sample, open_reader
 
-    from datamodules.shard_format import Sample
-
-    ds = StreamingDataset(str(root))
-    return [Sample.from_item(ds[i]).key for i in range(len(ds))]
+    reader, total = open_reader(str(root))
+    return [Sample.from_item(reader[i]).key for i in range(total)]
 
 
 # ------------------------------------------------------------------------------ packing
@@ -194,3 +192,45 @@ def test_data_shards_on_a_folder_that_is_not_a_shard_set_is_one_line(tmp_path):
                           timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: data.shards: ") and "lit_sr.pack" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ TMG masks at scale
+
+
+@pytest.mark.slow
+def test_mask_extraction_over_a_shard_set_runs_on_two_ranks_resumes_after_a_kill_and_feeds_training(tmp_path):
+    from datamodules.mask_cache import MaskCache
+    from datamodules.packing import pack
+
+    files = make_images(tmp_path / "photos", 16, low=64, high=96)
+    tags = tmp_path / "tags.csv"
+    tags.write_text("image,tags\n" + "".join(f'{p.name},"dog, grass"\n' for p in files))
+    pack([str(tmp_path / "photos")], str(tmp_path / "set"), workers=0, part_size=8)
+    cache = tmp_path / "cache"
+    args = [sys.executable, "-m", "lit_sr.extract_masks", f"shards={tmp_path / 'set'}", f"cache_dir={cache}",
+            "tagger=file", f"tagger.path={tags}", "grounding=tiny", "num_workers=0", "batch_size=1",
+            "mask_max_side=32", "trainer.enable_progress_bar=false", "trainer.devices=2", "trainer.strategy=ddp",
+            "trainer.accelerator=cpu"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while sum(len(j.read_text().splitlines()) for j in cache.glob("journal-*.jsonl")) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the extraction ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # both ranks, mid-job: their journals hold what they finished
+    proc.wait()
+    done = len(MaskCache(cache))
+    assert 2 <= done < 16
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"{done} already cached" in again.stdout and "16 entries" in again.stdout
+    entries = MaskCache(cache).entries
+    assert sorted(entries) == [f"photos/{p.name}" for p in files] and not list(cache.glob("journal-*"))
+    # Training on the shards takes each sample's masks from that cache (matched by key and SHA-1).
+    from datamodules.shard_dataset import ShardSamples
+
+    samples = ShardSamples(str(tmp_path / "set"), 32, tmg=True, mask_cache=str(cache), max_nouns=4)
+    item = samples.item(3, epoch=0)
+    assert item["prompt"] == "dog, grass" and item["nouns"] == entries["photos/0003.png"].nouns
+    assert item["masks"].shape == (4, 32, 32)

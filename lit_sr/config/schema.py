@@ -151,6 +151,7 @@ class ExtractConfig:
     nouns: Any = MISSING
     trainer: Any = MISSING
     image_dirs: Optional[list[str]] = None
+    shards: Optional[str] = None  # a packed shard set to annotate instead of image_dirs
     cache_dir: str = MISSING
     batch_size: int = 4
     num_workers: int = 2
