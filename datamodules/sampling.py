@@ -80,7 +80,8 @@ class ShardSampler(Sampler[int]):
     """Indices ``rank, rank + w, …`` of a fixed-order dataset (validation on several ranks)."""
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = list(range(int(rank), int(size), int(world_size)))
+        # A rank past the end (more ranks than images) repeats one: Lightning refuses an empty loader on any rank.
+        self.indices = list(range(int(rank), int(size), int(world_size))) or ([int(rank) % int(size)] if size else [])
 
     def __len__(self) -> int:
         return len(self.indices)
