@@ -234,3 +234,31 @@ def test_mask_extraction_over_a_shard_set_runs_on_two_ranks_resumes_after_a_kill
     item = samples.item(3, epoch=0)
     assert item["prompt"] == "dog, grass" and item["nouns"] == entries["photos/0003.png"].nouns
     assert item["masks"].shape == (4, 32, 32)
+
+
+def test_packed_prompts_and_masks_give_the_crops_the_same_tmg_fields_as_folders(tmp_path):
+    from datamodules.hr_folder import HRCropDataset
+    from datamodules.mask_cache import MaskCache, file_sha1, image_key
+    from datamodules.packing import PackOptions, pack
+    from datamodules.shard_dataset import ShardSamples
+    from datamodules.tmg_dataset import wrap_with_masks
+
+    files = make_images(tmp_path / "photos", 4)
+    cache = MaskCache(tmp_path / "cache", create=True)
+    rng = np.random.default_rng(1)
+    for path in files[:3]:  # the fourth image has no entry: no nouns, its prompt from the prompt mapping
+        h, w = np.asarray(Image.open(path)).shape[:2]
+        cache.write(image_key(path, tmp_path / "photos"), file_sha1(path), "dog, grass", ["dog", "grass"],
+                    rng.random((2, h // 2, w // 2)) > 0.5, (h, w), stat=os.stat(path))
+    cache.merge_journals()
+    pack([str(tmp_path / "photos")], str(tmp_path / "set"), workers=0,
+         opts=PackOptions(mask_cache=str(tmp_path / "cache"), prompts={files[3].stem: "a cat"}))
+    assert json.loads((tmp_path / "set" / MANIFEST).read_text())["masks"] is True
+    shards = ShardSamples(str(tmp_path / "set"), 32, tmg=True, max_nouns=3)
+    folders = wrap_with_masks(HRCropDataset(files, 32, epoch_size=4), str(tmp_path / "cache"), max_nouns=3)
+    for i in range(3):
+        a, b = folders[i], shards.item(i, epoch=0)
+        assert a["crop"] == b["crop"] and a["prompt"] == b["prompt"] == "dog, grass" and a["nouns"] == b["nouns"]
+        assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["mask_valid"], b["mask_valid"])
+    last = shards.item(3, epoch=0)
+    assert last["prompt"] == "a cat" and last["nouns"] == [] and not last["mask_valid"].any()
