@@ -146,7 +146,8 @@ def main() -> None:
     for mode in ("worker", "device"):
         lo, hi = workers[mode]
         print(f"  degrade_on={mode}: {lo:.1f}-{hi:.1f} CPU workers (one core each, this machine) feed it")
-    meta = {"torch": torch.__version__, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+    meta = {"torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "images": args.images, "side": args.side,
             "crop": args.crop, "batch": args.batch, "pairs": args.pairs, "rounds": args.rounds, "pack_s": pack_s}
     result = {"meta": meta, "rows": rows, "ratio_shards_over_folders": {

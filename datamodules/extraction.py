@@ -127,7 +127,8 @@ class ExtractionDataModule(L.LightningDataModule):
     """Plans the job (skipping cached images) on every rank; the distributed sampler shards it."""
 
     def __init__(self, image_dirs: list[str] | None, cache_dir: str, batch_size: int = 4, num_workers: int = 0,
-                 max_side: int = 1333, mask_max_side: int = 512, verify: str = "stat", shards: str | None = None) -> None:
+                 max_side: int = 1333, mask_max_side: int = 512, verify: str = "stat",
+                 shards: str | None = None) -> None:
         super().__init__()
         if shards and image_dirs:
             raise ConfigError("give image_dirs or shards, not both (one extraction job per image source)")

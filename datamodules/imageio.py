@@ -48,7 +48,8 @@ def _to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> np.ndarray:
+def decode_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 data: bytes | None = None) -> np.ndarray:
     """Decode ``path`` (or its encoded bytes ``data``, e.g. from a shard) to an (H, W, 3) uint8/uint16
     array, EXIF orientation applied.
 

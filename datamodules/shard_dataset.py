@@ -129,7 +129,8 @@ class ShardSamples:
 class ShardBatches(Dataset):
     """Batch key ``(epoch, j)`` → this rank's ``j``-th batch of the epoch, collated (and degraded) by ``collate``."""
 
-    def __init__(self, samples: ShardSamples, order: StreamOrder, rank: int, collate: Callable[[list[dict]], dict]) -> None:
+    def __init__(self, samples: ShardSamples, order: StreamOrder, rank: int,
+                 collate: Callable[[list[dict]], dict]) -> None:
         self.samples, self.order, self.rank, self.collate = samples, order, int(rank), collate
         self._plan: tuple[int, np.ndarray] | None = None  # (epoch, its batches), computed once per epoch per process
 

@@ -95,13 +95,15 @@ def read_manifest(root: str) -> dict:
         return {}
     path = Path(root).expanduser()
     if not (path / INDEX).is_file():
-        hint = " (an interrupted pack: run the same pack command again to finish it)" if (path / ".pack").is_dir() else ""
+        unfinished = (path / ".pack").is_dir()
+        hint = " (an interrupted pack: run the same pack command again to finish it)" if unfinished else ""
         raise ConfigError(f"data.shards: {path} is not a packed shard set (no {INDEX}){hint}; "
                           "pack image folders with python -m lit_sr.pack")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"data.shards: {path} has no {MANIFEST}: it was not written by python -m lit_sr.pack") from None
+        raise ConfigError(f"data.shards: {path} has no {MANIFEST}: it was not written by "
+                          "python -m lit_sr.pack") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"data.shards: {path / MANIFEST} is unreadable ({exc})") from None
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:

@@ -136,4 +136,4 @@ def test_four_ranks_on_shards_survive_sigterm_and_a_move_to_another_host_drawing
     assert all(torch.equal(x, y) for x, y in zip(ra, rb))  # ... each where the uninterrupted one is
     wa = load_file(str(straight / "adapter" / "lit_sr_state.safetensors"))
     wb = load_file(str(run / "adapter" / "lit_sr_state.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)  # the same weights
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)  # same weights

@@ -262,3 +262,20 @@ def test_packed_prompts_and_masks_give_the_crops_the_same_tmg_fields_as_folders(
         assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["mask_valid"], b["mask_valid"])
     last = shards.item(3, epoch=0)
     assert last["prompt"] == "a cat" and last["nouns"] == [] and not last["mask_valid"].any()
+
+
+def test_a_mid_epoch_resume_on_another_stream_layout_is_refused_with_one_line(tmp_path, make_cfg):
+    from datamodules.packing import pack
+    from lit_sr.config.build import build_datamodule
+
+    make_images(tmp_path / "photos", 8)
+    pack([str(tmp_path / "photos")], str(tmp_path / "set"), workers=0)
+    dm = build_datamodule(make_cfg("data=shards", f"data.shards={tmp_path / 'set'}", "data.batch_size=2"))
+    dm.setup("fit")
+    saved = dm.identity()
+    dm.load_state_dict({"stream": {**saved, "world_size": 4}, "epoch": 1, "batches_done": 1})
+    dm._check_resume(epoch=1, done=0)  # at an epoch boundary any layout may resume
+    with pytest.raises(ConfigError, match=r"mid-epoch 1 on another stream \(world_size 4 -> 1\)"):
+        dm._check_resume(epoch=1, done=1)
+    dm.load_state_dict({"stream": saved, "epoch": 1, "batches_done": 1})
+    dm._check_resume(epoch=1, done=1)  # the same layout resumes
