@@ -11,7 +11,7 @@ The last part estimates how many such workers one GPU needs at the osediff train
 no GPU step rate has been measured (``benchmarks/gpu.py`` has only a CPU dry run), so the rate is
 estimated from the traced forward FLOPs of SD-2.1 at 512² (DESIGN.md) and an assumed utilisation.
 
-    python benchmarks/data.py [--images 48] [--pairs 24] [--rounds 3] [--out benchmarks/results/data.json]
+    python benchmarks/data.py [--images 128] [--rounds 5] [--out benchmarks/results/data.json]
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def loader(kind: str, source: Path, degrade_on: str, batch: int, crop: int):
     from lit_sr.config.build import build_datamodule
     from lit_sr.config.compose import compose
 
-    data = ["data=shards", f"data.shards={source}"] if kind == "shards" else [f"data.train_dirs=[{source}]"]
+    data = ["data=shards", f"data.shards={source}"] if kind == "shards" else [f"data.train_dirs=[{source}]",
+                                                                              "data.epoch_size=null"]
     cfg = compose([*data, "degradation=realesrgan_x4plus", f"data.crop_size={crop}", f"data.batch_size={batch}",
                    "data.num_workers=1", f"data.degrade_on={degrade_on}", "data.index_cache=false"])
     dm = build_datamodule(cfg)
@@ -103,12 +104,13 @@ def measure(kind: str, source: Path, degrade_on: str, batch: int, crop: int, pai
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--side", type=int, default=768, help="HR image side (the crops are 512²)")
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--pairs", type=int, default=24, help="pairs timed per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="pairs timed per measurement (default: the epoch after its first batch)")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mfu", type=float, nargs=2, default=[0.3, 0.5], help="assumed GPU utilisation range")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "data.json"))
     args = parser.parse_args()
@@ -124,10 +126,13 @@ def main() -> None:
         pack_s = time.perf_counter() - start
         sources = {"folders": folder, "shards": Path(tmp) / "shards"}
         rates: dict[str, list[float]] = {}
+        # Both sources time the same draws' worth of work: one epoch over every image (after its first batch).
+        # The degradation's cost depends on its sampled parameters, so short windows of different batches differ.
+        pairs = args.pairs or (args.images // args.batch - 1) * args.batch
         for _ in range(args.rounds):  # alternate, so that both sources see the same load
             for degrade_on in ("worker", "device"):
                 for kind, source in sources.items():
-                    rate = measure(kind, source, degrade_on, args.batch, args.crop, args.pairs)
+                    rate = measure(kind, source, degrade_on, args.batch, args.crop, pairs)
                     rates.setdefault(f"{kind}/{degrade_on}", []).append(rate)
     rows = {k: {"pairs_per_s_per_worker": statistics.median(v), "runs": v} for k, v in rates.items()}
     flop = osediff_tflop_per_pair()
@@ -136,10 +141,11 @@ def main() -> None:
                for mode in ("worker", "device")}
     print(f"{args.images} PNGs {args.side}², realesrgan_x4plus, {args.crop}² crops, batch {args.batch}, "
           f"1 worker, median of {args.rounds} rounds; pack: {pack_s:.1f} s with 2 processes")
-    print(f"{'degrade_on':<12}{'folders pairs/s':>17}{'shards pairs/s':>16}{'shards/folders':>16}")
+    print(f"{'degrade_on':<12}{'folders pairs/s':>17}{'shards pairs/s':>16}{'shards/folders':>16}{'per round':>11}")
     for mode in ("worker", "device"):
         f, s = rows[f"folders/{mode}"]["pairs_per_s_per_worker"], rows[f"shards/{mode}"]["pairs_per_s_per_worker"]
-        print(f"{mode:<12}{f:>17.2f}{s:>16.2f}{s / f:>15.2f}x")
+        per_round = statistics.median(b / a for a, b in zip(rates[f"folders/{mode}"], rates[f"shards/{mode}"]))
+        print(f"{mode:<12}{f:>17.2f}{s:>16.2f}{s / f:>15.2f}x{per_round:>10.2f}x")
     print(f"osediff pair at 512²: ~{flop['total']:.1f} TFLOP (estimate from traced forward FLOPs; no GPU step rate "
           f"measured) -> one H100 at {args.mfu[0]:.0%}-{args.mfu[1]:.0%} of {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s "
           f"trains {gpu_pairs[0]:.0f}-{gpu_pairs[1]:.0f} pairs/s")
@@ -149,10 +155,12 @@ def main() -> None:
     meta = {"torch": torch.__version__, "cpu_count": os.cpu_count(),
             "machine": platform.processor() or platform.machine(),
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "images": args.images, "side": args.side,
-            "crop": args.crop, "batch": args.batch, "pairs": args.pairs, "rounds": args.rounds, "pack_s": pack_s}
+            "crop": args.crop, "batch": args.batch, "pairs": pairs, "rounds": args.rounds, "pack_s": pack_s}
     result = {"meta": meta, "rows": rows, "ratio_shards_over_folders": {
         m: rows[f"shards/{m}"]["pairs_per_s_per_worker"] / rows[f"folders/{m}"]["pairs_per_s_per_worker"]
         for m in ("worker", "device")},
+        "ratio_per_round_median": {m: statistics.median(s / f for f, s in zip(rates[f"folders/{m}"], rates[f"shards/{m}"]))
+                                   for m in ("worker", "device")},
         "gpu_estimate": {"tflop_per_pair": flop, "assumed_mfu": args.mfu, "h100_pairs_per_s": gpu_pairs,
                          "workers_per_h100": workers, "measured": False}}
     out = Path(args.out)
