@@ -42,7 +42,10 @@ def run(overrides: list[str]) -> L.Trainer:
     ckpt_path, resume_step = resolve_ckpt_path(cfg.ckpt_path, cfg.run_dir)
     if ckpt_path:  # a resume writes into its own checkpoint folder on purpose: Lightning's notice says nothing new
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    lock = RunLock(cfg.run_dir) if cfg.run_lock and is_launch_rank_zero() else nullcontext()
+        # Both data modules resume mid-epoch through their samplers, which Lightning's check cannot see.
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+    lock = RunLock(cfg.run_dir, cfg.job_id, cfg.run_lock_ttl) if cfg.run_lock and is_launch_rank_zero() \
+        else nullcontext()
     with lock:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         datamodule = build_datamodule(cfg)

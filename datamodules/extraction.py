@@ -1,7 +1,11 @@
 """The data side of TMG mask extraction: which images still need masks, decoded for the models.
 
 Planning skips images the mask cache already covers (by size/mtime or SHA-1); the predict
-dataloader decodes each remaining image once and downsizes it for the detector.
+dataloader decodes each remaining image once and downsizes it for the detector. The images come
+from folders or from a packed shard set (``shards=``; :mod:`datamodules.shard_format`): a sample's
+cache key is its shard key (``<folder name>/<path inside it>``, the key folders get), so training
+on the shards (``data=shards data.mask_cache=...``) finds its masks, and a sample whose SHA-1 the
+cache already holds is skipped — a killed job resumes where its journals stopped.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.file_index import index_images
-from datamodules.imageio import load_image
-from datamodules.mask_cache import MaskCache, file_sha1, image_key, mask_size_for
+from datamodules.imageio import decode_image, load_image, to_tensor
+from datamodules.mask_cache import MASK_CACHE_VERSION, MaskCache, file_sha1, image_key, mask_size_for
+from datamodules.shard_format import Sample, open_reader, read_manifest
 from lit_sr.errors import ConfigError, ImageLoadError
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,22 @@ log = logging.getLogger(__name__)
 class ImageJob:
     path: str
     key: str
+    sample: int | None = None  # the sample's index when the image comes from a shard set
+
+
+def plan_shard_jobs(shards: str, cache: MaskCache) -> tuple[list[ImageJob], int]:
+    """Samples of a shard set still to annotate (by key and SHA-1), and how many the cache already covers."""
+    read_manifest(shards)  # one line if it is not a shard set
+    dataset, total = open_reader(shards)
+    jobs, skipped = [], 0
+    for index in range(total):
+        sample = Sample.from_item(dataset[index])
+        entry = cache.entries.get(sample.key)
+        if entry is not None and entry.version == MASK_CACHE_VERSION and entry.sha1 == sample.sha1:
+            skipped += 1
+            continue
+        jobs.append(ImageJob(sample.key, sample.key, index))
+    return jobs, skipped
 
 
 def plan_jobs(image_dirs: list[str], cache: MaskCache, verify: str = "stat") -> tuple[list[ImageJob], int]:
@@ -58,8 +79,24 @@ def plan_jobs(image_dirs: list[str], cache: MaskCache, verify: str = "stat") -> 
 class ExtractionDataset(Dataset):
     """Decoded images (long side ≤ ``max_side``) with their key, hash and original size."""
 
-    def __init__(self, jobs: list[ImageJob], max_side: int, mask_max_side: int) -> None:
+    def __init__(self, jobs: list[ImageJob], max_side: int, mask_max_side: int, shards: str | None = None) -> None:
         self.jobs, self.max_side, self.mask_max_side = jobs, int(max_side), int(mask_max_side)
+        self.shards = shards
+        self._dataset = None  # the shard set's reader, opened in each worker
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None}
+
+    def _read(self, job: ImageJob) -> tuple:
+        """``(image, sha1, bytes, mtime_ns)`` of a job's image, from its file or its shard sample."""
+        if job.sample is None:
+            stat = os.stat(job.path)
+            return load_image(job.path), file_sha1(job.path), stat.st_size, stat.st_mtime_ns
+        if self._dataset is None:
+            self._dataset, _ = open_reader(self.shards)
+        sample = Sample.from_item(self._dataset[job.sample])
+        image = to_tensor(decode_image(f"{self.shards}#{job.sample} ({job.key})", data=sample.image))
+        return image, sample.sha1, len(sample.image), -1  # no file: the SHA-1 identifies it
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -68,9 +105,7 @@ class ExtractionDataset(Dataset):
         job = self.jobs[index]
         item = {"path": job.path, "key": job.key}
         try:
-            stat = os.stat(job.path)
-            sha1 = file_sha1(job.path)
-            img = load_image(job.path)
+            img, sha1, size_bytes, mtime_ns = self._read(job)
         except (ImageLoadError, OSError) as exc:
             item["error"] = str(exc)
             return item
@@ -80,7 +115,7 @@ class ExtractionDataset(Dataset):
             img = F.interpolate(img[None], size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear",
                                 antialias=True, align_corners=False)[0].clamp(0, 1)
         item.update(image=img, sha1=sha1, image_size=(h, w), mask_size=mask_size_for((h, w), self.mask_max_side),
-                    bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                    bytes=size_bytes, mtime_ns=mtime_ns)
         return item
 
 
@@ -92,8 +127,12 @@ class ExtractionDataModule(L.LightningDataModule):
     """Plans the job (skipping cached images) on every rank; the distributed sampler shards it."""
 
     def __init__(self, image_dirs: list[str] | None, cache_dir: str, batch_size: int = 4, num_workers: int = 0,
-                 max_side: int = 1333, mask_max_side: int = 512, verify: str = "stat") -> None:
+                 max_side: int = 1333, mask_max_side: int = 512, verify: str = "stat",
+                 shards: str | None = None) -> None:
         super().__init__()
+        if shards and image_dirs:
+            raise ConfigError("give image_dirs or shards, not both (one extraction job per image source)")
+        self.shards = shards
         self.prepare_data_per_node = False  # one merger of leftover journals, even with a shared cache on many nodes
         self.image_dirs, self.cache_dir = image_dirs, cache_dir
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -111,13 +150,19 @@ class ExtractionDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         # Journals left by an interrupted run become part of the index before anyone plans.
         MaskCache(self.cache_dir, create=True).merge_journals()
-        self._dirs()
+        if not self.shards:
+            self._dirs()
 
     def setup(self, stage: str | None = None) -> None:
         # Every rank plans from the same cache state: Lightning barriers before and after setup.
-        self.jobs, self.skipped = plan_jobs(self._dirs(), MaskCache(self.cache_dir, create=True), self.verify)
+        cache = MaskCache(self.cache_dir, create=True)
+        if self.shards:
+            self.jobs, self.skipped = plan_shard_jobs(self.shards, cache)
+        else:
+            self.jobs, self.skipped = plan_jobs(self._dirs(), cache, self.verify)
         log.info("mask extraction: %d images to annotate, %d already cached (skipped)", len(self.jobs), self.skipped)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(ExtractionDataset(self.jobs, self.max_side, self.mask_max_side), batch_size=self.batch_size,
+        return DataLoader(ExtractionDataset(self.jobs, self.max_side, self.mask_max_side, self.shards),
+                          batch_size=self.batch_size,
                           shuffle=False, num_workers=self.num_workers, collate_fn=collate_list)

@@ -109,15 +109,23 @@ class HRCropDataset(Dataset):
             index = int(torch.randint(len(self.files), (1,), generator=gen))  # uniform replacement
         else:
             raise ImageLoadError("no usable training image found in many draws; check data.train_dirs")
-        h, w = img.shape[:2]
-        y = int(torch.randint(h - self.crop_size + 1, (1,), generator=gen))
-        x = int(torch.randint(w - self.crop_size + 1, (1,), generator=gen))
-        flipped = bool(self.flip and torch.rand((), generator=gen) < 0.5)
-        crop = to_tensor(np.asarray(img[y : y + self.crop_size, x : x + self.crop_size]))
-        if flipped:
-            crop = crop.flip(-1)
-        return {"hq": crop.contiguous(), "bad_files": new_bad, "path": str(self.files[index]), "crop": (y, x, flipped),
-                "draw": int(draw)}
+        crop, where = random_crop(img, self.crop_size, self.flip, gen)
+        return {"hq": crop, "bad_files": new_bad, "path": str(self.files[index]), "crop": where, "draw": int(draw)}
+
+
+def random_crop(img, size: int, flip: bool, gen: torch.Generator) -> tuple[torch.Tensor, tuple[int, int, bool]]:
+    """A ``size``² crop of an (H, W, 3) array-like (with a horizontal flip when ``flip``), and ``(y, x, flipped)``.
+
+    Draws y, x, then the flip from ``gen``: every training crop, from folders or shards, comes from here.
+    """
+    h, w = img.shape[:2]
+    y = int(torch.randint(h - size + 1, (1,), generator=gen))
+    x = int(torch.randint(w - size + 1, (1,), generator=gen))
+    flipped = bool(flip and torch.rand((), generator=gen) < 0.5)
+    crop = to_tensor(np.asarray(img[y : y + size, x : x + size]))
+    if flipped:
+        crop = crop.flip(-1)
+    return crop.contiguous(), (y, x, flipped)
 
 
 class HRValDataset(Dataset):

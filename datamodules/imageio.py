@@ -7,6 +7,8 @@ the file and the reason, so callers can count and skip it.
 """
 from __future__ import annotations
 
+import io
+import re
 import warnings
 from pathlib import Path
 
@@ -46,15 +48,17 @@ def _to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode ``path`` to an (H, W, 3) uint8/uint16 array, EXIF orientation applied.
+def decode_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 data: bytes | None = None) -> np.ndarray:
+    """Decode ``path`` (or its encoded bytes ``data``, e.g. from a shard) to an (H, W, 3) uint8/uint16
+    array, EXIF orientation applied.
 
     Raises :class:`ImageLoadError` (one line, naming the file) when the file cannot be decoded
     or has more than ``max_pixels`` pixels (checked from the header, before decoding).
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageLoadError(f"{path}: {w}x{h} = {w * h / 1e6:.0f} MP exceeds the pixel limit of "
@@ -70,6 +74,7 @@ def decode_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) 
         raise ImageLoadError(f"{path}: file not found") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", reason)  # decoded from bytes: the path names it
         raise ImageLoadError(f"{path}: cannot decode image ({reason})") from exc
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageLoadError(f"{path}: empty image")

@@ -53,7 +53,9 @@ class EpochSampler(Sampler[int]):
         self.epoch_size, self.seed = int(epoch_size), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
-        self._skip = 0  # items of the current epoch already trained on (set by resume, used once)
+        # Items of the current epoch already trained on (set by resume). It holds for the whole epoch, not for
+        # one iter(): torch's multi-worker loader iterates its sampler twice when it starts.
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -70,16 +72,16 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         order = torch.randperm(self.epoch_size, generator=draw_generator(self.seed, self.epoch)).tolist()
         shard = order[self.rank::self.world_size][: len(self)]
-        skip, self._skip = self._skip, 0
         base = self.epoch * self.epoch_size
-        return iter([base + i for i in shard[skip:]])
+        return iter([base + i for i in shard[self._skip:]])
 
 
 class ShardSampler(Sampler[int]):
     """Indices ``rank, rank + w, …`` of a fixed-order dataset (validation on several ranks)."""
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = list(range(int(rank), int(size), int(world_size)))
+        # A rank past the end (more ranks than images) repeats one: Lightning refuses an empty loader on any rank.
+        self.indices = list(range(int(rank), int(size), int(world_size))) or ([int(rank) % int(size)] if size else [])
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -68,23 +68,34 @@ class MaskedCropDataset(Dataset):
 
     def annotation(self, path: str, crop: tuple[int, int, bool], size: int) -> dict:
         """The added fields for one crop of the image at ``path``."""
-        masks = torch.zeros(self.max_nouns, size, size, dtype=torch.bool)
-        valid = torch.zeros(self.max_nouns, dtype=torch.bool)
         entry = self.entries.get(str(path))
         if entry is None:
-            return {"prompt": "", "nouns": [], "masks": masks, "mask_valid": valid}
+            return annotate(None, crop, size, self.max_nouns)
         nouns, prompt, full = self.cache.load(entry)
-        nouns, full = nouns[: self.max_nouns], full[: self.max_nouns]
-        cut = crop_masks(torch.from_numpy(np.ascontiguousarray(full)), tuple(entry.image_size), crop, size)
-        masks[: len(nouns)] = cut
-        valid[: len(nouns)] = cut.flatten(1).any(1)  # a noun outside this crop has nothing to attend to
-        return {"prompt": prompt, "nouns": nouns, "masks": masks, "mask_valid": valid}
+        return annotate((nouns, prompt, full, tuple(entry.image_size)), crop, size, self.max_nouns)
 
     def __getitem__(self, index: int) -> dict:
         item = self.dataset[index]
         size = item["hq"].shape[-1]
         item.update(self.annotation(item["path"], tuple(item["crop"]), size))
         return item
+
+
+def annotate(record: tuple | None, crop: tuple[int, int, bool], size: int, max_nouns: int) -> dict:
+    """The TMG fields of one crop from an image's ``(nouns, prompt, masks, image_size)`` (None: no entry).
+
+    ``masks`` are the image's bool ``(N, h, w)`` masks (any stored resolution); shared by folders and shards.
+    """
+    masks = torch.zeros(max_nouns, size, size, dtype=torch.bool)
+    valid = torch.zeros(max_nouns, dtype=torch.bool)
+    if record is None:
+        return {"prompt": "", "nouns": [], "masks": masks, "mask_valid": valid}
+    nouns, prompt, full, image_size = record
+    nouns, full = list(nouns)[:max_nouns], full[:max_nouns]
+    cut = crop_masks(torch.from_numpy(np.ascontiguousarray(full)), tuple(image_size), crop, size)
+    masks[: len(nouns)] = cut
+    valid[: len(nouns)] = cut.flatten(1).any(1)  # a noun outside this crop has nothing to attend to
+    return {"prompt": prompt, "nouns": nouns, "masks": masks, "mask_valid": valid}
 
 
 def wrap_with_masks(dataset, cache_root: str, max_nouns: int = 8, verify: str = "stat") -> MaskedCropDataset:

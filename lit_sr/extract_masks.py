@@ -1,6 +1,7 @@
 """Build the TMG mask cache offline: tags → nouns → Grounding DINO boxes → SAM-2 masks.
 
     python -m lit_sr.extract_masks tagger=file tagger.path=tags.csv grounding=tiny     # CPU smoke run
+    python -m lit_sr.extract_masks shards=/data/shards/lsdir cache_dir=/data/tmg ... trainer.num_nodes=2  # a shard set
     python -m lit_sr.extract_masks image_dirs=[/data/DIV2K_train_HR] cache_dir=/data/tmg \\
         tagger=ram tagger.weights=/models/ram_plus_swin_large_14m.pth \\
         grounding.grounding_dino=/models/grounding-dino-tiny grounding.sam2=/models/sam2.1-hiera-large trainer=gpu
@@ -10,7 +11,8 @@ The config root is ``conf/extract.yaml``; its groups live in ``conf/extract/`` (
 ``predict`` run, so it shards over devices and nodes like training; each rank writes its batches
 to the cache as they finish (:class:`MaskCacheWriter`) and rank 0 merges the journals at the end.
 Re-running resumes: images whose cache entry matches their content (size/mtime, else SHA-1) are
-skipped when the dataset is built.
+skipped when the dataset is built. ``shards=`` reads the images from a packed shard set instead of
+folders (cache keys are the samples' keys; training with ``data=shards data.mask_cache=...`` uses them).
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def run(overrides: list[str]) -> dict:
     datamodule = ExtractionDataModule(
         OmegaConf.to_container(cfg.image_dirs) if cfg.image_dirs is not None else None, str(cfg.cache_dir),
         batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), max_side=int(cfg.max_side),
-        mask_max_side=int(cfg.mask_max_side), verify=str(cfg.verify),
+        mask_max_side=int(cfg.mask_max_side), verify=str(cfg.verify), shards=cfg.shards,
     )
     model = MaskExtractor(build_component(cfg.tagger, "tagger"), build_component(cfg.nouns, "nouns"),
                           build_component(cfg.grounding, "grounding"), max_nouns=int(cfg.max_nouns))

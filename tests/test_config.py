@@ -18,7 +18,8 @@ NEEDS = {("conditioning", "vpim"): ["backbone.vision_encoder=true"],
          ("callbacks", "fr_curve"): ["noise=rgpa", "data.val_crop=192"],
          ("checkpoint", "hypervolume"): ["callbacks=fr_curve", "noise=rgpa", "data.val_crop=192"],
          ("checkpoint", "last"): ["val=null", "callbacks=default"],
-         ("noise", "uniform"): ["callbacks=default"]}
+         ("noise", "uniform"): ["callbacks=default"],
+         ("data", "shards"): ["data.shards=/nonexistent/shards"]}  # opened in setup (tests/test_shards.py)
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 
 

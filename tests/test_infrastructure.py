@@ -187,3 +187,18 @@ def test_values_with_equals_signs_and_num_nodes_need_no_quoting(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b=1").mkdir()
     dirs = compose([f"data.train_dirs=[{tmp_path}/a,'{tmp_path}/b=1']"]).data.train_dirs  # lists stay Hydra syntax
     assert dirs == [f"{tmp_path}/a", f"{tmp_path}/b=1"]
+
+
+def test_a_step_skipped_by_the_nan_guard_does_not_advance_the_lr_schedule(make_cfg, tiny_bb):
+    system = build_system(make_cfg(*DETERMINISTIC, "scheduler=cosine", "trainer.max_steps=3", "optim.lr=1e-3"),
+                          backbone=tiny_bb)
+    record = _LRs()
+    good = {"lq": torch.rand(1, 3, 8, 8), "hq": torch.rand(1, 3, 32, 32)}
+    bad = {"lq": good["lq"], "hq": torch.full_like(good["hq"], float("nan"))}  # a NaN loss: the step is skipped
+    trainer = _fit(system, [good, bad, bad, good, good], max_steps=3, callbacks=[record])
+    assert system.guard.skipped == 2 and trainer.global_step == 3
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert sched.last_epoch == 3  # one schedule step per optimizer step taken, none for the skipped ones
+    lr = [lrs[0] for lrs in record.lrs]  # before each of the 5 batches
+    factor = [0.5 * (1 + math.cos(math.pi * s / 3)) for s in range(3)]
+    assert lr == pytest.approx([1e-3 * f for f in (factor[0], factor[1], factor[1], factor[1], factor[2])], rel=1e-6)

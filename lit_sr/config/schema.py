@@ -112,6 +112,8 @@ class TrainConfig:
     cpu_threads: Optional[int] = None
     run_dir: str = "runs/default"
     run_lock: bool = True  # refuse a second live run in the same run_dir
+    run_lock_ttl: float = 300.0  # seconds without a heartbeat after which another host's lock is dead
+    job_id: Optional[str] = None  # the scheduler job the run belongs to (null: SLURM's, if any)
     ckpt_path: Optional[str] = None
     backbone: Any = MISSING
     noise: Any = MISSING
@@ -137,6 +139,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise FieldError("cpu_threads", f"must be >= 1 or null, got {self.cpu_threads}")
+        if not (math.isfinite(self.run_lock_ttl) and self.run_lock_ttl > 0):
+            raise FieldError("run_lock_ttl", f"must be a finite number of seconds > 0, got {self.run_lock_ttl}")
 
 
 # ------------------------------------------------------------------------------ extraction root
@@ -150,6 +154,7 @@ class ExtractConfig:
     nouns: Any = MISSING
     trainer: Any = MISSING
     image_dirs: Optional[list[str]] = None
+    shards: Optional[str] = None  # a packed shard set to annotate instead of image_dirs
     cache_dir: str = MISSING
     batch_size: int = 4
     num_workers: int = 2
@@ -167,6 +172,36 @@ class ExtractConfig:
                 raise FieldError(name, f"must be >= {low}, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise FieldError("num_workers", f"must be >= 0, got {self.num_workers}")
+        if self.verify not in ("stat", "sha1"):
+            raise FieldError("verify", f"must be 'stat' or 'sha1', got {self.verify!r}")
+
+
+# ------------------------------------------------------------------------------ packing root
+
+@dataclass
+class PackConfig:
+    """The root of ``conf/pack.yaml`` (packing image folders into a shard set)."""
+
+    input_dirs: Optional[list[str]] = None
+    output_dir: Optional[str] = None
+    workers: int = 2
+    part_size: int = 256
+    chunk_bytes: str = "64MB"
+    min_size: Optional[int] = None
+    max_pixels: Optional[int] = 200_000_000
+    mask_cache: Optional[str] = None
+    prompts: Optional[str] = None
+    verify: str = "stat"
+
+    def __post_init__(self) -> None:
+        if not self.input_dirs:
+            raise FieldError("input_dirs", "is missing: the HR image folders to pack (input_dirs=[/data/a,/data/b])")
+        if not self.output_dir:
+            raise FieldError("output_dir", "is missing: the shard set folder to write (output_dir=/data/shards/a)")
+        for name, low in (("workers", 0), ("part_size", 1), ("min_size", 1), ("max_pixels", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise FieldError(name, f"must be >= {low}, got {value}")
         if self.verify not in ("stat", "sha1"):
             raise FieldError("verify", f"must be 'stat' or 'sha1', got {self.verify!r}")
 

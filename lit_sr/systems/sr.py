@@ -281,7 +281,8 @@ class SRSystem(L.LightningModule):
         self.manual_backward(total / self.accumulate)
         self._micro += 1
         step = self._micro >= self.accumulate
-        if step and self._guard("generator", gen_opt, values):
+        stepped = step and self._guard("generator", gen_opt, values)
+        if stepped:
             self._clip(gen_opt, self.grad_clip)
             gen_opt.step()
         if step:
@@ -305,7 +306,7 @@ class SRSystem(L.LightningModule):
         if step:
             self._micro, self._loss_finite = 0, True
             sched = self._scheduler()
-            if sched is not None:
+            if sched is not None and stepped:  # a skipped step is not an optimizer step: the schedule waits too
                 sched.step()
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         self.log("train/stage", float(self.stage_index), batch_size=bs)
@@ -328,6 +329,17 @@ class SRSystem(L.LightningModule):
         if state is not None:
             self.noise_generator.set_state(state.to(self.noise_generator.device) if self.device.type != "cpu" else state)
             self._pending_rng = None
+
+    def _rank_rng(self, state: dict[str, Any]) -> torch.Tensor | None:
+        """This rank's own saved noise state; None (keep the per-rank seeding) when the checkpoint has none for it."""
+        ranks = state.get("noise_rng_ranks")
+        rank, world = self.global_rank, (self.trainer.world_size if self._trainer is not None else 1)
+        if ranks is None:  # a version-1 checkpoint: one state, rank 0's
+            ranks = [state["noise_rng"]] if state.get("noise_rng") is not None else []
+        if len(ranks) != world and rank == 0:
+            log.warning("the checkpoint holds noise generator states for %d rank(s), this run has %d: ranks without "
+                        "a saved state start from their own seed", len(ranks), world)
+        return ranks[rank] if rank < len(ranks) else None
 
     def on_train_epoch_end(self) -> None:
         counts: dict[str, int] = {}
@@ -386,7 +398,9 @@ class SRSystem(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keys = self._trainable_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        checkpoint["lit_sr"] = {"noise_rng": self.noise_generator.get_state().cpu(), "version": 1,
+        # Every rank's noise state (rank 0 writes the file; every rank calls this hook, so the gather is collective).
+        ranks = gather_objects(self.noise_generator.get_state().cpu(), self._trainer.world_size if self._trainer else 1)
+        checkpoint["lit_sr"] = {"noise_rng_ranks": ranks, "version": 2,
                                 "stage": self.stage_index, "micro_batches": self._micro,
                                 "nonfinite_steps": self.guard.skipped, "unusable_files": sorted(self._bad_files),
                                 "noise_calibration": self._calibration}
@@ -397,8 +411,7 @@ class SRSystem(L.LightningModule):
             raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[0]}: "
                              "it was written by a different model configuration")
         state = checkpoint.get("lit_sr", {})
-        if state.get("noise_rng") is not None:
-            self._pending_rng = state["noise_rng"]
+        self._pending_rng = self._rank_rng(state)
         self._micro = int(state.get("micro_batches", 0))
         self.guard.skipped = int(state.get("nonfinite_steps", 0))
         self._bad_files = set(state.get("unusable_files", []))
