@@ -14,6 +14,8 @@ entry point calls before any model is built.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -171,7 +173,9 @@ class SRDataModule(L.LightningDataModule):
         if self.val_paired is not None:
             from datamodules.paired import PairedFolderDataset
 
-            return PairedFolderDataset(scale=self.scale, **vars(self.val_paired))
+            # From a config the node arrives as a plain dict (instantiate converts it); in code, a PairedConfig.
+            paired = self.val_paired if isinstance(self.val_paired, PairedConfig) else PairedConfig(**self.val_paired)
+            return PairedFolderDataset(scale=self.scale, **dataclasses.asdict(paired))
         multiple = self.scale * self.size_multiple
         hq_set = HRValDataset(index_images(val_dirs, cache), self.val_crop, multiple)
         items = []

@@ -352,6 +352,20 @@ def test_data_problems_are_one_line_before_the_model_is_built(tmp_path, make_cfg
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("layout", ["drealsr", "same_name"])
+def test_paired_validation_from_the_config_builds_its_set(tmp_path, make_cfg, layout):
+    """data.val_paired arrives from the config as a plain mapping; the datamodule builds the paired set."""
+    from lit_sr.config.build import build_datamodule
+
+    names = {"drealsr": ("x_x4.png", "x_x1.png"), "same_name": ("x.png", "x.png")}[layout]  # (LQ, HQ)
+    _png(tmp_path / "lq" / names[0], size=24)
+    _png(tmp_path / "hq" / names[1], size=96)
+    dm = build_datamodule(make_cfg(f"+data.val_paired={{lq_root:{tmp_path / 'lq'},hq_root:{tmp_path / 'hq'},"
+                                   f"layout:{layout}}}"))
+    dm.check()
+    assert len(dm.val_set) == 1 and dm.val_set[0]["hq"].shape[-1] == 4 * dm.val_set[0]["lq"].shape[-1]
+
+
 def test_a_string_train_dirs_is_one_folder(tmp_path, make_cfg):
     from lit_sr.config.build import build_datamodule
 
