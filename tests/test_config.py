@@ -121,3 +121,12 @@ def test_cli_errors_are_one_line(args, expected):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and expected in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_value_hint_names_the_key_that_works():
+    """The hint for backbone=sd21 without a path is a key that composes (not backbone.backbone.path)."""
+    with pytest.raises(ConfigError) as info:
+        compose(["backbone=sd21"])
+    assert str(info.value) == "missing value for 'backbone.path' (set it on the command line: backbone.path=...)"
+    with pytest.raises(ConfigError, match="backbone.path: directory not found"):  # following the hint gets further
+        compose(["backbone=sd21", "backbone.path=/no/such/dir"])
