@@ -103,6 +103,12 @@ def test_a_model_folder_whose_config_names_an_arbitrary_callable_is_refused(make
     with pytest.raises(WeightsError, match=r"refusing to load: its config names noise\._target_='os\.system'"):
         load_generator(out)
     assert not marker.exists()
+    # a trusted prefix is not enough: the target is resolved and the object compared
+    (out / "config.yaml").write_text(text.replace("_target_: lit_sr.model.noise.uniform.UniformNoise",
+                                                  f"_target_: lit_sr.config.run.os.system\n  command: touch {marker}", 1))
+    with pytest.raises(WeightsError, match=r"noise\._target_='lit_sr\.config\.run\.os\.system', which is not one"):
+        load_generator(out)
+    assert not marker.exists()
 
 
 def test_a_failed_export_leaves_the_previous_folder_untouched(make_cfg, tiny_bb, tmp_path, monkeypatch):
