@@ -289,8 +289,9 @@ def test_symlink_loops_are_skipped_and_counted(tmp_path, caplog):
     (root / "self.png").symlink_to("self.png")
     with caplog.at_level("WARNING"):
         files = index_images([root], tmp_path / "cache")
-    assert root.resolve() / "a.png" in files
+    assert files == [root.resolve() / "a.png"]  # skipped means left out, not decoded later
     assert "skipped 2 entries that cannot be followed" in caplog.text
+    assert index_images([root]) == files == index_images([root], tmp_path / "cache")  # uncached, and cached
 
 
 def test_bad_files_are_replaced_uniformly_over_the_good_ones(tmp_path):
