@@ -15,6 +15,7 @@ entry point calls before any model is built.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import lightning as L
 import torch
@@ -98,6 +99,7 @@ class SRDataModule(L.LightningDataModule):
         seed: int = 0,
         size_multiple: Positive = 8,
         mask_cache: str | None = None,
+        mask_match: Literal["path", "content"] = "path",
         max_nouns: Positive = 8,
         max_pixels: Positive | None = DEFAULT_MAX_PIXELS,
         working_copy_pixels: Positive | None = 16_000_000,
@@ -119,6 +121,9 @@ class SRDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.mask_cache, self.max_nouns = mask_cache, int(max_nouns)
+        if mask_match not in ("path", "content"):
+            raise ValueError(f"data.mask_match must be 'path' or 'content', got {mask_match!r}")
+        self.mask_match = mask_match
 
     @property
     def scale(self) -> int:
@@ -165,7 +170,7 @@ class SRDataModule(L.LightningDataModule):
                                            max_pixels=self.max_pixels, working_copy_pixels=self.working_copy_pixels,
                                            cache_dir=cache_root() / "decoded")
             if self.mask_cache:  # TMG: prompt, nouns and noun masks cut like each crop
-                self.train_set = wrap_with_masks(self.train_set, self.mask_cache, self.max_nouns)
+                self.train_set = wrap_with_masks(self.train_set, self.mask_cache, self.max_nouns, match=self.mask_match)
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = self._build_val(val_dirs, cache)
 
