@@ -163,6 +163,47 @@ def test_a_failed_checkpoint_save_leaves_no_truncated_file(tmp_path, monkeypatch
     assert target.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_exit_2_with_the_old_checkpoint_intact(tmp_path, monkeypatch, capsys):
+    import train
+    from lit_sr.systems import checkpoint_io
+
+    args = [f"run_dir={tmp_path}", *FAST, "trainer.max_steps=2", "callbacks=default", "val=null", "checkpoint=last",
+            "checkpoint.last.every_n_train_steps=1", "export.enabled=false"]
+    real = checkpoint_io.torch.save
+    saves = []
+
+    def second_save_fails(obj, fh):
+        saves.append(1)
+        if len(saves) > 1:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(28, "No space left on device")
+        real(obj, fh)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", second_save_fails)
+    assert train.main(args) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[-1] == (f"error: cannot write checkpoint {tmp_path / 'checkpoints' / 'last.ckpt'}: No space left on device "
+                       "(the previous one is intact)")
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert not (tmp_path / ".lit_sr.lock").exists()
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_run(tmp_path):
+    from lit_sr.systems.checkpoint_io import remove_orphans
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that is gone
+    (tmp_path / f".adapter.tmp-{dead}").mkdir()
+    (tmp_path / f".adapter.tmp-{dead}" / "lit_sr_state.safetensors").write_bytes(b"half")
+    (tmp_path / f".last.ckpt.tmp-{dead}").write_bytes(b"half")
+    (tmp_path / f".adapter.tmp-{os.getppid()}").mkdir()  # a live process's: left alone
+    (tmp_path / "adapter").mkdir()
+    removed = remove_orphans(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".adapter.tmp-{dead}", f".last.ckpt.tmp-{dead}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["adapter", f".adapter.tmp-{os.getppid()}"])
+
+
 # ------------------------------------------------------------------------------ faults
 
 
