@@ -232,6 +232,29 @@ def test_a_signal_saves_last_ckpt_at_the_current_step_and_exits_non_zero(tmp_pat
 
 
 @pytest.mark.slow
+def test_a_signal_during_the_export_finishes_it_then_exits_3_leaving_nothing_behind(tmp_path):
+    proc = _popen(tmp_path, "trainer.max_steps=2", "callbacks.export._target_=tests.signal_helpers.SignalDuringExport",
+                  "export.enabled=true")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3, err[-3000:]
+    assert _last_line(err).startswith("error: received SIGTERM after training: the run finished what it was writing")
+    assert (tmp_path / "adapter" / "lit_sr_state.safetensors").is_file()  # the export completed
+    assert not list(tmp_path.glob(".adapter.*")) and not (tmp_path / ".lit_sr.lock").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_final_validation_saves_and_exits_3(tmp_path):
+    proc = _popen(tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=2", "export.enabled=true",
+                  "+callbacks.signal._target_=tests.signal_helpers.SignalAtFinalValidation")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3, err[-3000:]
+    line = _last_line(err)
+    assert line.startswith("error: stopped by SIGTERM at step 2: saved ") and "ckpt_path=last" in line
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert not (tmp_path / ".lit_sr.lock").exists()
+
+
+@pytest.mark.slow
 def test_slurm_requeue_signal_saves_requeues_and_exits_non_zero(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
