@@ -189,6 +189,20 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_exit_2_with_the_old_checkpo
     assert not (tmp_path / ".lit_sr.lock").exists()
 
 
+@pytest.mark.filterwarnings("ignore:The number of training batches")  # Lightning's note on this very case
+@pytest.mark.parametrize("steps", [3, 13])
+def test_the_last_step_is_logged_whatever_log_every_n_steps_says(tmp_path, steps):
+    """Lightning logs train/* every log_every_n_steps (10): a 3-step run logged nothing, a 13-step run not its end."""
+    import train
+
+    fast = [a for a in FAST if not a.startswith("trainer.log_every_n_steps")]
+    assert train.main([f"run_dir={tmp_path}", *fast, f"trainer.max_steps={steps}", "trainer.log_every_n_steps=10",
+                       "callbacks=default", "val=null", "checkpoint=last", "export.enabled=false"]) == 0
+    logged = _losses(tmp_path)
+    assert max(logged) == steps - 1  # Lightning's step index of the last optimizer step (0-based)
+    assert sorted(logged) == sorted({9, steps - 1} & set(range(steps)))
+
+
 def test_leftovers_of_a_killed_writer_are_removed_by_the_next_run(tmp_path):
     from lit_sr.systems.checkpoint_io import remove_orphans
 
