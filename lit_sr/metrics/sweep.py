@@ -5,6 +5,7 @@ Shared by the evaluation CLI (:mod:`lit_sr.evaluate`) and the fidelity–realism
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,14 +95,18 @@ class KnobSweep:
 
     def run(self, generator: Any, lq: torch.Tensor, batch: dict | None = None) -> list[torch.Tensor]:
         """SR images of ``lq`` for every point, in :attr:`points` order (``batch``: per-image prompts/names)."""
-        outputs: list[torch.Tensor] = []
-        for knob in self.knobs:
-            if self.gammas is not None:
-                x_fid, x_real = generator.endpoints(lq, knob, batch)
-                outputs.extend(blend_many(x_fid, x_real, self.gammas))
-            else:
-                outputs.append(generator(lq, knob, batch))
-        return outputs
+        return [sr for knob in self.knobs for sr in self.run_knob(generator, lq, knob, batch)[0]]
+
+    def run_knob(self, generator: Any, lq: torch.Tensor, knob: Any,
+                 batch: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The SR images of one knob (one per γ, or one) and the (B,) timesteps the passes ran at
+        (``adaptive`` picks one per image)."""
+        if self.gammas is not None:
+            fid = generator.endpoint_step("fidelity", lq, knob, batch=batch)
+            real = generator.endpoint_step("realism", lq, knob, batch=batch)
+            return blend_many(fid.sr, real.sr, self.gammas), fid.t
+        out = generator.step(lq, knob=knob, batch=batch)
+        return [out.sr], out.t
 
 
 class SweepScores:
@@ -155,6 +160,13 @@ class SweepScores:
                     row[name] = total / count
             rows.append(row)
         return rows
+
+
+def seed_for(seed: int, *parts: Any) -> int:
+    """A seed derived from ``seed`` and ``parts`` (an image name, a setting): the noise of one
+    (image, setting) pair does not depend on which images or settings ran before it."""
+    digest = hashlib.sha256("\0".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @contextmanager
