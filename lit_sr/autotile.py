@@ -4,9 +4,10 @@ The untiled pass stops scaling with the image once its self-attention layers see
 positions: the VAE's mid-block attends over every latent pixel and the UNet's attention blocks
 over the latent at half or quarter resolution, so their cost grows with the *square* of the
 latent pixel count while everything else grows linearly (``benchmarks/auto_tile.py`` measures
-it; docs/inference.md has the table). The latent pixel count of an output of H×W pixels is
-(H/f)·(W/f), ``f`` the VAE's downscaling factor (4 for the tiny backbone, 8 for SD), so one
-threshold in latent pixels fits every backbone: the same output is 4× fewer latent pixels on SD.
+it; the README has the table). The latent pixel count of an output of H×W pixels is
+(H/f)·(W/f), ``f`` the VAE's downscaling factor (4 for the tiny backbone, 8 for SD), so the
+threshold is set in latent pixels: the same output is 4× fewer latent pixels on SD
+(docs/inference.md says why the default suits SD too).
 
 Above :data:`DEFAULT_AUTO_TILE` latent pixels (a setting: ``--auto-tile``) a pass runs over tiles
 — UNet tiles of ``T`` latent pixels and VAE tiles of ``T·f`` image pixels, ``T`` =
@@ -14,7 +15,7 @@ Above :data:`DEFAULT_AUTO_TILE` latent pixels (a setting: ``--auto-tile``) a pas
 backbone), or the largest multiple of 8 whose square fits a lower threshold — unless the user set
 ``tile_latent`` / ``vae_tile`` themselves (those win). Outputs above
 :data:`DEFAULT_MAX_OUTPUT_PIXELS` are refused: the upsampled input and the output are whole-image
-tensors whatever the tiling (about 270 bytes per output pixel in fp32, measured).
+tensors whatever the tiling (about 220 bytes per output pixel in fp32, measured).
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ log = logging.getLogger("lit_sr.autotile")
 # = a 512² output on the tiny backbone, 1024² on SD (untiled VAE: ~3.2 GB in fp32 there).
 DEFAULT_AUTO_TILE = 128 * 128
 AUTO_TILE_SIDE = 64
-# 2**25 output pixels (an 8K UHD 7680x4320 output fits): ~9 GB of whole-image tensors at the
-# ~270 bytes per output pixel measured (fp32, the default model with its wavelet colour fix).
+# 2**25 output pixels (an 8K UHD 7680x4320 output fits): ~7 GB of whole-image tensors at the
+# ~220 bytes per output pixel measured (fp32, the default model with its wavelet colour fix).
 DEFAULT_MAX_OUTPUT_PIXELS = 2**25
 
 
@@ -93,5 +94,5 @@ def check_output_size(height: int, width: int, max_output_pixels: int | None, wh
     """Refuse an output of more than ``max_output_pixels`` pixels with one line (:class:`LitSRError`)."""
     if max_output_pixels is not None and height * width > max_output_pixels:
         raise LitSRError(f"{what} would give a {width}x{height} output ({height * width / 1e6:.0f} MP), above the "
-                         f"limit of {max_output_pixels / 1e6:.1f} MP (--max-output-pixels; about 270 bytes of memory "
+                         f"limit of {max_output_pixels / 1e6:.1f} MP (--max-output-pixels; about 220 bytes of memory "
                          "per output pixel)")
