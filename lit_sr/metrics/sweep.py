@@ -95,11 +95,19 @@ class KnobSweep:
 
     def run(self, generator: Any, lq: torch.Tensor, batch: dict | None = None) -> list[torch.Tensor]:
         """SR images of ``lq`` for every point, in :attr:`points` order (``batch``: per-image prompts/names)."""
-        return [sr for knob in self.knobs for sr in self.run_knob(generator, lq, knob, batch)[0]]
+        outputs: list[torch.Tensor] = []
+        for knob in self.knobs:
+            if self.gammas is not None:
+                x_fid, x_real = generator.endpoints(lq, knob, batch)
+                outputs.extend(blend_many(x_fid, x_real, self.gammas))
+            else:
+                outputs.append(generator(lq, knob, batch))
+        return outputs
 
     def run_knob(self, generator: Any, lq: torch.Tensor, knob: Any,
                  batch: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The SR images of one knob (one per γ, or one) and the (B,) timesteps the passes ran at
+        """The SR images of one knob (one per γ, or one) — what :meth:`run` gives for it, through the
+        generator's ``step`` / ``endpoint_step`` — and the (B,) timesteps the passes ran at
         (``adaptive`` picks one per image)."""
         if self.gammas is not None:
             fid = generator.endpoint_step("fidelity", lq, knob, batch=batch)
