@@ -147,7 +147,7 @@ def test_train_py_experiment_mem_end_to_end(make_cfg, tmp_path):
     save_image(torch.rand(3, 16, 16), tmp_path / "lq" / "a.png")
     args = ["--model", str(export), "--input", str(tmp_path / "lq"), "--output", str(tmp_path / "sr"),
             "--knob", "adaptive", "--set", f"noise.mem_weights={mem_file}"]
-    assert infer.run(infer.parse_args(args))["written"] == 1
+    assert infer.run(infer.parse_args(args)).written == 1
     assert infer.main(args[:-2]) == 2  # adaptive without MEM weights: a one-line error, exit status 2
 
 

@@ -526,11 +526,12 @@ def test_inference_keeps_names_distinct_refuses_to_overwrite_and_checks_the_outp
     Image.open(src / "dup.png").save(src / "dup.jpg")
     _png(src / "solo.png", size=16, seed=3)
     args = ["--model", str(tmp_path / "model"), "--input", str(src), "--output", str(tmp_path / "out")]
-    assert infer.run(infer.parse_args(args)) == {"written": 3, "skipped": 0}
+    stats = infer.run(infer.parse_args(args))
+    assert (stats.written, stats.skipped, stats.failed) == (3, 0, 0)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dup_jpg.png", "dup_png.png", "solo.png"]
     with pytest.raises(Exception, match="exists .*use --overwrite"):
         infer.run(infer.parse_args(args))
-    assert infer.run(infer.parse_args([*args, "--overwrite"]))["written"] == 3
+    assert infer.run(infer.parse_args([*args, "--overwrite"])).written == 3
     (tmp_path / "afile").write_text("x")
     with pytest.raises(Exception, match="is a file, not a folder"):
         infer.run(infer.parse_args([*args[:-1], str(tmp_path / "afile")]))
