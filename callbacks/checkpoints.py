@@ -14,6 +14,8 @@ from pathlib import Path
 
 import lightning as L
 
+from lit_sr.systems.checkpoint_io import remove_orphans
+
 
 class LastCheckpoint(L.Callback):
     def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None, keep_periodic: bool = False) -> None:
@@ -27,6 +29,10 @@ class LastCheckpoint(L.Callback):
     @property
     def path(self) -> Path:
         return self.dirpath / "last.ckpt"
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            remove_orphans(self.dirpath)  # temporary files of a save killed half-way
 
     def _save(self, trainer: L.Trainer) -> None:
         if self._saved_step == trainer.global_step or trainer.sanity_checking:

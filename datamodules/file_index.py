@@ -64,10 +64,9 @@ def tree_signature(root: Path) -> list[list]:
     """Modification times (ns) of ``root`` and its direct, non-hidden subfolders.
 
     An entry that cannot be followed (a symlink loop, a dangling or unreadable link) is not a
-    folder of the tree: it is left out, counted and reported once.
+    folder of the tree and is left out (:func:`_walk` reports such entries).
     """
     sig: list[list] = [[".", root.stat().st_mtime_ns]]
-    broken: list[str] = []
     with os.scandir(root) as entries:
         for entry in entries:
             if entry.name.startswith("."):
@@ -76,18 +75,24 @@ def tree_signature(root: Path) -> list[list]:
                 if entry.is_dir(follow_symlinks=True):
                     sig.append([entry.name, entry.stat(follow_symlinks=True).st_mtime_ns])
             except OSError:
-                broken.append(entry.name)
-    if broken:
-        logger.warning("%s: skipped %d entr%s that cannot be followed (symlink loop or unreadable link), e.g. %s",
-                       root, len(broken), "y" if len(broken) == 1 else "ies", broken[0])
+                continue
     return sorted(sig)
 
 
 def _walk(root: Path) -> list[str]:
-    """Relative POSIX paths of the image files under ``root``, sorted; follows symlinks, once per real folder."""
+    """Relative POSIX paths of the image files under ``root``, sorted; follows symlinks, once per real folder.
+
+    Entries that cannot be followed (a symlink loop, a dangling or unreadable link) are left out of
+    the listing, counted and reported once: they would only fail to decode later.
+    """
     found: list[str] = []
     visited: set[str] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    broken: list[str] = []
+
+    def unreadable(error: OSError) -> None:  # a folder os.walk cannot list (e.g. a linked folder that loops)
+        broken.append(str(error.filename or error))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.path.realpath(folder)
         if real in visited:  # a symlink loop or a folder linked twice
             dirs[:] = []
@@ -96,8 +101,17 @@ def _walk(root: Path) -> list[str]:
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel_folder = Path(folder).relative_to(root)
         for name in files:
-            if not name.startswith(".") and is_image_path(name):
+            if name.startswith("."):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.islink(path) and not os.path.exists(path):  # loops to itself or points nowhere
+                broken.append((rel_folder / name).as_posix())
+                continue
+            if is_image_path(name):
                 found.append((rel_folder / name).as_posix())
+    if broken:
+        logger.warning("%s: skipped %d entr%s that cannot be followed (symlink loop or unreadable link), e.g. %s",
+                       root, len(broken), "y" if len(broken) == 1 else "ies", sorted(broken)[0])
     return sorted(found)
 
 

@@ -11,7 +11,9 @@ any tagger/segmenter) and training (:mod:`datamodules.tmg_dataset`). Version 1:
                            "bytes": <file size>, "mtime_ns": <file mtime>, "version": 1}, ...}}
 
 * ``key`` is ``<image folder name>/<path inside it>`` (``DIV2K_train_HR/0001.png``); training
-  finds an image's entry by the longest matching path suffix, so a dataset may move.
+  finds an image's entry by the longest matching path suffix, so a dataset may move (keeping
+  at least its folder's name). With ``match="content"`` (``data.mask_match=content``) an image
+  no key matches is found by the SHA-1 of its bytes: copies in a folder of another name match.
 * ``sha1`` is the SHA-1 of the image file's bytes: an entry whose image changed is *stale*.
   Training checks ``bytes``/``mtime_ns`` first and hashes only files whose stat differs.
 * ``<root>/masks/<xx>/<name>.npz`` (one per image; ``np.load(..., allow_pickle=False)`` safe):
@@ -139,12 +141,16 @@ class CacheReport:
                 parts.append(f"{n} {kind.replace('_', ' ')} (e.g. {self.examples[kind][0]})")
         return "; ".join(parts)
 
-    def warn(self, root: str | os.PathLike) -> None:
-        """One warning naming the counts and the fix, when anything is not covered."""
-        if self.problems:
-            warnings.warn(f"mask cache {root}: {self.summary()}; these images train without TMG masks "
-                          f"(update the cache: python -m lit_sr.extract_masks cache_dir={root} ...)",
-                          MaskCacheWarning, stacklevel=3)
+    def warn(self, root: str | os.PathLike, match: str = "path") -> None:
+        """One warning naming the counts, how images were matched and the fix, when anything is not covered."""
+        if not self.problems:
+            return
+        how = ("entries are found by '<image folder name>/<path inside it>' (the longest matching path suffix)"
+               + (", then by the SHA-1 of the file's bytes" if match == "content" else
+                  "; for copies in a folder of another name set data.mask_match=content (SHA-1 of the bytes)"))
+        warnings.warn(f"mask cache {root}: {self.summary()}; these images train without TMG masks ({how}; "
+                      f"or update the cache: python -m lit_sr.extract_masks cache_dir={root} ...)",
+                      MaskCacheWarning, stacklevel=3)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,12 +169,14 @@ class MaskCache:
         self.entries: dict[str, CacheEntry] = {}
         self.foreign_version: int | None = None
         self._journal: Path | None = None
+        self._by_sha1: dict[str, str] | None = None  # SHA-1 → key, built on first content lookup
         self.reload()
 
     # ------------------------------------------------------------------ reading
     def reload(self) -> None:
         """Read ``index.json`` and any unmerged journals (later records win)."""
         self.entries = {}
+        self._by_sha1 = None
         index = self.root / INDEX
         if index.is_file():
             try:
@@ -204,6 +212,16 @@ class MaskCache:
                 return key, self.entries[key]
         return None
 
+    def find_content(self, sha1: str) -> tuple[str, CacheEntry] | None:
+        """The entry of an image with these bytes (any key: a copy in another folder)."""
+        if self._by_sha1 is None:
+            self._by_sha1 = {}
+            for key, entry in sorted(self.entries.items()):
+                if entry.sha1:
+                    self._by_sha1.setdefault(entry.sha1, key)
+        key = self._by_sha1.get(sha1)
+        return None if key is None else (key, self.entries[key])
+
     def load(self, entry: CacheEntry) -> tuple[list[str], str, np.ndarray]:
         """``(nouns, prompt, masks)`` of an entry; masks are bool ``(N, h, w)``."""
         with np.load(self.root / entry.file, allow_pickle=False) as z:
@@ -232,13 +250,24 @@ class MaskCache:
                 return "ok", entry
         return ("ok" if file_sha1(path) == entry.sha1 else "stale"), entry
 
-    def match(self, files: list, verify: str = "stat") -> tuple[dict[str, CacheEntry], CacheReport]:
-        """Usable entries by ``str(path)`` for ``files`` and the report of the others."""
+    def match(self, files: list, verify: str = "stat", match: str = "path") -> tuple[dict[str, CacheEntry], CacheReport]:
+        """Usable entries by ``str(path)`` for ``files`` and the report of the others.
+
+        ``match``: ``path`` (by key, :meth:`find`) or ``content`` (by key, then an image no key
+        matches by the SHA-1 of its bytes, :meth:`find_content`; each such file is hashed once).
+        """
+        if match not in ("path", "content"):
+            raise ValueError(f"mask_match must be 'path' or 'content', got {match!r}")
         report = CacheReport(total=len(files))
         usable: dict[str, CacheEntry] = {}
         for path in files:
             try:
                 kind, entry = self.status(path, verify)
+                if kind == "missing" and match == "content":
+                    found = self.find_content(file_sha1(path))
+                    if found is not None:
+                        entry = found[1]
+                        kind = "ok" if entry.version == MASK_CACHE_VERSION else "version_mismatch"
             except OSError:
                 kind, entry = "missing", None
             report.add(kind, str(path))
@@ -265,6 +294,7 @@ class MaskCache:
                             nouns=np.asarray(list(nouns), dtype=str), prompt=np.asarray(prompt), sha1=np.asarray(sha1),
                             image_size=np.asarray(image_size, dtype=np.int64), version=np.asarray(MASK_CACHE_VERSION))
         os.replace(tmp, target)  # atomic: a reader never sees half a file
+        self._by_sha1 = None
         entry = CacheEntry(sha1=sha1, file=rel.as_posix(), prompt=prompt, nouns=list(nouns),
                            image_size=[int(image_size[0]), int(image_size[1])],
                            mask_size=[int(masks.shape[1]), int(masks.shape[2])],

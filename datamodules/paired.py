@@ -118,7 +118,8 @@ class _Pair:
 
 def _compile(pattern: str, scale: int, what: str) -> re.Pattern[str]:
     try:
-        compiled = re.compile(pattern.replace("{scale}", str(scale)))
+        # DOTALL: a file name may hold any character, a newline too ('.' must match it).
+        compiled = re.compile(pattern.replace("{scale}", str(scale)), re.DOTALL)
     except re.error as exc:
         raise ValueError(f"{what} is not a valid regular expression ({exc}): {pattern!r}") from exc
     return compiled

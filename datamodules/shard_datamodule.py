@@ -30,6 +30,7 @@ from datamodules.shard_format import read_manifest
 from datamodules.shard_sampling import ShardBatchSampler, StreamOrder
 from datamodules.sr_datamodule import DegradeCollate, SRDataModule
 from lit_sr.errors import ConfigError
+from lit_sr.lightning_access import batches_done
 from lit_sr.typed import LocalDir, NonNegative, Positive
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class ShardDataModule(SRDataModule):
         if self.samples is None:
             return {}
         trainer = self.trainer
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+        progress = batches_done(trainer) if trainer is not None else 0
         epoch = trainer.current_epoch if trainer is not None else 0
         return {"stream": self.identity(), "epoch": int(epoch), "batches_done": int(progress)}
 
@@ -150,7 +151,7 @@ class ShardDataModule(SRDataModule):
         sampler = ShardBatchSampler(order.batches_per_rank)
         trainer = self.trainer
         if trainer is not None:  # a resumed run: start where the checkpoint stopped within its epoch
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # incl. a batch saved at its end
+            done = batches_done(trainer)  # incl. a batch saved at its end
             self._check_resume(trainer.current_epoch, done)
             sampler.resume(trainer.current_epoch, done)
         degrade = self.degradation if self.degrade_on == "worker" else None

@@ -14,6 +14,9 @@ entry point calls before any model is built.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -27,6 +30,7 @@ from datamodules.sampling import EpochSampler, ShardSampler, batch_generator
 from datamodules.skimage_photos import cache_root, ensure_skimage_photos
 from datamodules.tmg_dataset import collate_mask_fields, wrap_with_masks
 from lit_sr.errors import ConfigError, ImageLoadError
+from lit_sr.lightning_access import batches_done
 from lit_sr.typed import LocalDir, NonNegative, Positive
 
 
@@ -96,6 +100,7 @@ class SRDataModule(L.LightningDataModule):
         seed: int = 0,
         size_multiple: Positive = 8,
         mask_cache: str | None = None,
+        mask_match: Literal["path", "content"] = "path",
         max_nouns: Positive = 8,
         max_pixels: Positive | None = DEFAULT_MAX_PIXELS,
         working_copy_pixels: Positive | None = 16_000_000,
@@ -117,6 +122,9 @@ class SRDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.mask_cache, self.max_nouns = mask_cache, int(max_nouns)
+        if mask_match not in ("path", "content"):
+            raise ValueError(f"data.mask_match must be 'path' or 'content', got {mask_match!r}")
+        self.mask_match = mask_match
 
     @property
     def scale(self) -> int:
@@ -163,7 +171,7 @@ class SRDataModule(L.LightningDataModule):
                                            max_pixels=self.max_pixels, working_copy_pixels=self.working_copy_pixels,
                                            cache_dir=cache_root() / "decoded")
             if self.mask_cache:  # TMG: prompt, nouns and noun masks cut like each crop
-                self.train_set = wrap_with_masks(self.train_set, self.mask_cache, self.max_nouns)
+                self.train_set = wrap_with_masks(self.train_set, self.mask_cache, self.max_nouns, match=self.mask_match)
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = self._build_val(val_dirs, cache)
 
@@ -171,7 +179,9 @@ class SRDataModule(L.LightningDataModule):
         if self.val_paired is not None:
             from datamodules.paired import PairedFolderDataset
 
-            return PairedFolderDataset(scale=self.scale, **vars(self.val_paired))
+            # From a config the node arrives as a plain dict (instantiate converts it); in code, a PairedConfig.
+            paired = self.val_paired if isinstance(self.val_paired, PairedConfig) else PairedConfig(**self.val_paired)
+            return PairedFolderDataset(scale=self.scale, **dataclasses.asdict(paired))
         multiple = self.scale * self.size_multiple
         hq_set = HRValDataset(index_images(val_dirs, cache), self.val_crop, multiple)
         items = []
@@ -188,7 +198,7 @@ class SRDataModule(L.LightningDataModule):
         sampler = EpochSampler(len(self.train_set), self.seed, rank, world)
         trainer = self.trainer
         if trainer is not None:  # a resumed run: start where the checkpoint stopped within its epoch
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # incl. a batch saved at its end
+            done = batches_done(trainer)  # incl. a batch saved at its end
             sampler.resume(trainer.current_epoch, done * self.batch_size)
         degrade = self.degradation if self.degrade_on == "worker" else None
         return DataLoader(

@@ -48,7 +48,7 @@ def crop_masks(masks: torch.Tensor, image_size: tuple[int, int], crop: tuple[int
 class MaskedCropDataset(Dataset):
     """HR crops + prompt/nouns/masks from a mask cache (see the module docstring)."""
 
-    def __init__(self, dataset, cache_root: str, max_nouns: int = 8, verify: str = "stat") -> None:
+    def __init__(self, dataset, cache_root: str, max_nouns: int = 8, verify: str = "stat", match: str = "path") -> None:
         if max_nouns < 1:
             raise ValueError(f"max_nouns must be >= 1, got {max_nouns}")
         self.dataset = dataset
@@ -57,9 +57,9 @@ class MaskedCropDataset(Dataset):
         files = getattr(dataset, "files", None)
         if files is None:
             raise TypeError("wrap_with_masks needs a dataset with a .files list (HRCropDataset)")
-        self.entries, self.report = self.cache.match(files, verify)
+        self.entries, self.report = self.cache.match(files, verify, match)
         if self.report.problems:
-            self.report.warn(self.cache.root)
+            self.report.warn(self.cache.root, match)
         else:
             log.info("mask cache %s: %s", self.cache.root, self.report.summary())
 
@@ -98,9 +98,11 @@ def annotate(record: tuple | None, crop: tuple[int, int, bool], size: int, max_n
     return {"prompt": prompt, "nouns": nouns, "masks": masks, "mask_valid": valid}
 
 
-def wrap_with_masks(dataset, cache_root: str, max_nouns: int = 8, verify: str = "stat") -> MaskedCropDataset:
-    """``dataset`` (an HRCropDataset) with TMG fields from the cache at ``cache_root``."""
-    return MaskedCropDataset(dataset, cache_root, max_nouns, verify)
+def wrap_with_masks(dataset, cache_root: str, max_nouns: int = 8, verify: str = "stat",
+                    match: str = "path") -> MaskedCropDataset:
+    """``dataset`` (an HRCropDataset) with TMG fields from the cache at ``cache_root`` (``match``: how
+    images find their entry, :meth:`~datamodules.mask_cache.MaskCache.match`)."""
+    return MaskedCropDataset(dataset, cache_root, max_nouns, verify, match)
 
 
 def collate_mask_fields(items: list[dict]) -> dict:

@@ -16,6 +16,7 @@ fidelity–realism curve callback.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 from collections.abc import Iterable, Iterator
@@ -24,10 +25,11 @@ from pathlib import Path
 
 import torch
 
+from lit_sr.autotile import DEFAULT_AUTO_TILE, auto_tiled
 from lit_sr.cli import run_main
 from lit_sr.errors import LitSRError
 from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
-from lit_sr.metrics.sweep import DEFAULT_GAMMAS, KnobSweep, SweepScores, seeded
+from lit_sr.metrics.sweep import DEFAULT_GAMMAS, KnobSweep, SweepScores, seed_for, seeded
 from lit_sr.metrics.table import LABELS, Table
 from lit_sr.metrics.trend import sweep_trends, trend_lines
 
@@ -103,16 +105,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="PSNR/SSIM on the BT.601 Y channel (default)")
     ych.add_argument("--rgb", dest="y_channel", action="store_false", help="PSNR/SSIM on RGB")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N pairs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise some strategies draw at inference")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise some strategies draw at inference (drawn per image and setting)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--tile", type=int, default=None, help="latent tile size for large images")
+    p.add_argument("--auto-tile", type=int, default=None, metavar="LATENT_PIXELS",
+                   help="tile images whose latent has more pixels than this, as lit-sr-infer does (default: off, "
+                        f"scores are of the untiled model; lit-sr-infer's default is {DEFAULT_AUTO_TILE})")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. backbone.path=/models/sd-2-1-base")
     p.add_argument("--baseline", action="store_true",
                    help="--model mode: add a 'bicubic' row first (the LQ upsampled bicubically, scored alike)")
     p.add_argument("--per-image", default=None, metavar="CSV",
-                   help="write every image's score per row and metric here (row, image, metric, value)")
+                   help="write every image's score per row and metric here (row, image, metric, value); "
+                        "metric t: the timestep the image ran at (knob adaptive: chosen per image)")
     p.add_argument("--out", default=None, help="write the Markdown table here")
     p.add_argument("--csv", default=None, help="write the table as CSV here")
     return p.parse_args(argv)
@@ -156,8 +163,9 @@ def evaluate(args: argparse.Namespace) -> Table:
     """Run the evaluation described by parsed CLI arguments; returns the table."""
     device = torch.device(args.device)
     hq_dir = _check_dir(args.hq_dir, "--hq-dir")
-    if args.max_images is not None and args.max_images < 1:
-        raise LitSRError(f"--max-images must be >= 1, got {args.max_images}")
+    for flag, value in (("--max-images", args.max_images), ("--tile", args.tile), ("--auto-tile", args.auto_tile)):
+        if value is not None and value < 1:
+            raise LitSRError(f"{flag} must be >= 1, got {value}")
     if args.sr_dir is not None:
         if args.lq_dir or args.knobs or args.gammas or args.set:
             raise LitSRError("--lq-dir, --knobs, --gammas and --set only apply with --model")
@@ -179,8 +187,8 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
     from lit_sr.config.loading import load_generator
 
     overrides = list(args.set) + ([f"model.scale={args.scale}"] if args.scale is not None else [])
+    overrides += [f"model.tile_latent={args.tile}"] if args.tile is not None else []  # checked like the config's
     generator, _ = load_generator(args.model, overrides)
-    generator.tile_latent = args.tile if args.tile is not None else generator.tile_latent
     generator.to(device).eval()
     sweep = KnobSweep.for_generator(generator, args.knobs, args.gammas)
     scale = generator.scale
@@ -194,18 +202,27 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     count = 0
-    with torch.no_grad(), seeded(args.seed, device):
+    timesteps: list[tuple[int, str, int]] = []  # (row, image, t) for the per-image CSV
+    per_knob = len(points) // len(sweep.knobs)
+    with torch.no_grad():
         for item in _limit(data, args.max_images):
             lq = item["lq"][None].to(device)
             hq = item["hq"][None].to(device) if "hq" in item else None
-            with autocast:
-                outputs = sweep.run(generator, lq, {"name": [item["name"]]})
             if args.baseline:
                 scores.add(0, generator.upsample(lq.float()), hq, item["name"])
-            for i, sr in enumerate(outputs):
-                scores.add(first + i, sr.float(), hq, item["name"])
+            chosen = []
+            h, w = lq.shape[-2] * generator.scale, lq.shape[-1] * generator.scale
+            for k, knob in enumerate(sweep.knobs):
+                # One seed per (image, setting): a setting's noise does not depend on what ran before it.
+                with autocast, seeded(seed_for(args.seed, item["name"], knob), device), \
+                        auto_tiled(generator, h, w, args.auto_tile):
+                    outputs, t = sweep.run_knob(generator, lq, knob, {"name": [item["name"]]})
+                for j, sr in enumerate(outputs):
+                    scores.add(first + k * per_knob + j, sr.float(), hq, item["name"])
+                    timesteps.append((first + k * per_knob + j, item["name"], int(t[0])))
+                chosen.append(f"{points[k * per_knob].knob_text}: t={int(t[0])}")
             count += 1
-            log.info("evaluated %s (%d)", item["name"], count)
+            log.info("evaluated %s (%d; %s)", item["name"], count, ", ".join(chosen))
     if count == 0:
         raise LitSRError(f"no images found under {lq_dir}")
     means = scores.means()
@@ -217,7 +234,7 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
     what = f"model {args.model} on {hq_dir or lq_dir}"
     table = _table(suite, args, what, count, key_columns, rows, unavailable)
     table.notes = trend_lines(sweep_trends(points, means[first:], table.metrics), suite.display_names)
-    _write_per_image(args, scores, [" ".join(label) for label in labels])
+    _write_per_image(args, scores, [" ".join(label) for label in labels], timesteps)
     return table
 
 
@@ -252,13 +269,18 @@ def _evaluate_folders(args: argparse.Namespace, sr_dirs: list[Path], hq_dir: Pat
     return _table(suite, args, what, min(counts), ["SR folder"], rows, unavailable)
 
 
-def _write_per_image(args: argparse.Namespace, scores: SweepScores, row_names: list[str]) -> None:
+def _write_per_image(args: argparse.Namespace, scores: SweepScores, row_names: list[str],
+                     timesteps: list[tuple[int, str, int]] = ()) -> None:
+    """The per-image CSV (csv module: names with commas, quotes or newlines stay one field)."""
     if not args.per_image:
         return
-    lines = ["row,image,metric,value"] + [f"{row_names[i]},{image},{metric},{value:.6g}"
-                                          for i, image, metric, value in scores.records]
-    Path(args.per_image).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.per_image).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = Path(args.per_image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", "image", "metric", "value"])
+        writer.writerows([row_names[i], image, metric, f"{value:.6g}"] for i, image, metric, value in scores.records)
+        writer.writerows([row_names[i], image, "t", t] for i, image, t in timesteps)
 
 
 def _table(suite: MetricSuite, args: argparse.Namespace, what: str, count: int, key_columns: list[str],

@@ -7,7 +7,8 @@
         grounding.grounding_dino=/models/grounding-dino-tiny grounding.sam2=/models/sam2.1-hiera-large trainer=gpu
 
 The config root is ``conf/extract.yaml``; its groups live in ``conf/extract/`` (``tagger=ram|clip|file``,
-``grounding=gsam2|tiny``) and ``trainer=cpu|gpu`` is shared with training. The job is a Lightning
+``grounding=gsam2|tiny``) and ``trainer=cpu|gpu`` is shared with training; ``--help`` lists them,
+``--cfg`` prints the composed config. The job is a Lightning
 ``predict`` run, so it shards over devices and nodes like training; each rank writes its batches
 to the cache as they finish (:class:`MaskCacheWriter`) and rank 0 merges the journals at the end.
 Re-running resumes: images whose cache entry matches their content (size/mtime, else SHA-1) are
@@ -77,8 +78,17 @@ def run(overrides: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        from lit_sr.config.usage import usage_text
+
+        print(usage_text(config_name="extract"))
+        return 0
+    if "--cfg" in args:  # the composed config, after every override and interpolation
+        return run_main(lambda: print(OmegaConf.to_yaml(compose_extract([a for a in args if a != "--cfg"])), end=""))
+
     def body() -> None:
-        counts = run(list(sys.argv[1:] if argv is None else argv))
+        counts = run(args)
         print(f"mask cache: {counts['written']} written, {counts['skipped']} already cached, "
               f"{counts['failed']} unreadable, {counts['entries']} entries")
 

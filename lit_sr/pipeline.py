@@ -5,14 +5,15 @@
     sr = pipe("photo.png", gamma=0.3)                 # a PIL image
     pipe.set_adapters(["main", "alignment"], [1.0, 0.6])   # per-adapter weights (λ, PiSA-SR style)
 
-The pipeline rebuilds the generator from the export's config (everything trained: all UNet
+The pipeline rebuilds the generator from the export's config (everything trained: all denoiser
 adapters, VAE-encoder LoRA, LQFM, VPIM) and runs exactly what ``lit_sr.infer`` runs —
 ``lit_sr.infer`` is this pipeline applied to each file — so its images equal the CLI's outputs.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,47 +22,76 @@ import torch
 from PIL import Image
 
 from datamodules.imageio import load_image, to_uint8
+from lit_sr.autotile import DEFAULT_AUTO_TILE, DEFAULT_MAX_OUTPUT_PIXELS, auto_tiled, check_output_size
 from lit_sr.config.loading import load_generator
 from lit_sr.errors import LitSRError
 from lit_sr.metrics.sweep import seeded
-from lit_sr.model.blend import blend_many, blend_uint8
+from lit_sr.model.blend import blend, blend_many, blend_uint8
 from lit_sr.model.colorfix import color_fix
 from lit_sr.model.generator import OneStepSR
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@dataclass
+class PipelineOutput:
+    """What one call made: ``images`` (one dict of 8-bit arrays per input image, see
+    :meth:`LitSRPipeline.images`) and the timestep each image ran at (``knob=adaptive`` picks one
+    per image)."""
+
+    images: list[dict[str, np.ndarray]]
+    timesteps: list[int]
+
+
 class LitSRPipeline:
-    """A generator with its device, precision and inference settings (see the module docstring)."""
+    """A generator with its device, precision and inference settings (see the module docstring).
+
+    ``auto_tile``: passes whose latent has more pixels than this run over tiles (None: never
+    automatically; :mod:`lit_sr.autotile`); ``max_output_pixels``: larger outputs are refused
+    with one line (None: no limit).
+    """
 
     def __init__(self, generator: OneStepSR, config: Any = None, device: str | torch.device = "cpu",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", auto_tile: int | None = DEFAULT_AUTO_TILE,
+                 max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS) -> None:
         if precision not in DTYPES:
             raise LitSRError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+        for name, value in (("auto_tile", auto_tile), ("max_output_pixels", max_output_pixels)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise LitSRError(f"{name} must be a positive number of pixels or None, got {value!r}")
         self.generator = generator.eval()
         self.config = config
         self.device = torch.device(device)
         self.dtype = DTYPES[precision]
+        self.auto_tile = auto_tile
+        self.max_output_pixels = max_output_pixels
         self.generator.to(self.device)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, base: str | None = None, device: str | None = None,
                         precision: str = "fp32", overrides: Sequence[str] = (), tile: int | None = None,
                         vae_tile: int | None = None, fuse: bool = False, channels_last: bool = False,
-                        compile: str | None = None) -> LitSRPipeline:
+                        compile: str | None = None, adapter_weights: Mapping[str, float] | None = None,
+                        auto_tile: int | None = DEFAULT_AUTO_TILE,
+                        max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS) -> LitSRPipeline:
         """Load an export folder (or a checkpoint); ``base`` is the local SD directory it was trained on.
 
-        Speed options: ``fuse`` merges the LoRA into the base weights; ``channels_last`` stores the
-        denoiser and VAE convolutions' activations NHWC; ``compile`` runs the denoiser and the VAE decoder
-        through ``torch.compile`` with that backend (``inductor``; the first image pays the compile).
+        ``tile`` / ``vae_tile`` set ``model.tile_latent`` / ``model.vae_tile`` (checked like the
+        config's own values). ``adapter_weights`` scales denoiser adapters (:meth:`set_adapters`) before
+        anything is fused. Speed options: ``fuse`` merges the LoRA into the base weights;
+        ``channels_last`` stores the denoiser and VAE convolutions' activations NHWC; ``compile`` runs
+        the denoiser and the VAE decoder through ``torch.compile`` with that backend (``inductor``; the
+        first image pays the compile).
         """
         sets = [*(f"backbone.path={base}" for _ in [base] if base), *overrides]
+        # Through the config, so the values meet the same checks as model.tile_latent/vae_tile in a YAML.
+        sets += [f"model.{key}={value}" for key, value in (("tile_latent", tile), ("vae_tile", vae_tile))
+                 if value is not None]
         generator, cfg = load_generator(path, sets)
-        if tile is not None:
-            generator.tile_latent = tile
-        if vae_tile is not None:
-            generator.vae_tile = vae_tile
-        pipe = cls(generator, cfg, device or ("cuda" if torch.cuda.is_available() else "cpu"), precision)
+        pipe = cls(generator, cfg, device or ("cuda" if torch.cuda.is_available() else "cpu"), precision,
+                   auto_tile=auto_tile, max_output_pixels=max_output_pixels)
+        if adapter_weights:
+            pipe.set_adapters(list(adapter_weights), list(adapter_weights.values()))
         if fuse:
             pipe.fuse()
         if channels_last:
@@ -87,10 +117,17 @@ class LitSRPipeline:
         weights = [1.0] * len(names) if weights is None else list(weights)
         if len(weights) != len(names):
             raise LitSRError(f"{len(names)} adapters but {len(weights)} weights")
+        adapters = self.generator.adapters
+        fused = bool(adapters.fused[part])  # merged at the old weights: merge again at the new ones
         try:
-            self.generator.adapters.set_weights(part, dict(zip(names, weights)))
+            if fused:
+                adapters.unfuse(part)
+            adapters.set_weights(part, dict(zip(names, weights)))
         except ValueError as exc:
             raise LitSRError(str(exc)) from None
+        finally:
+            if fused:
+                adapters.fuse(part)
 
     def fuse(self) -> None:
         """Merge the active denoiser adapters into the base weights (faster; endpoint models cannot)."""
@@ -107,17 +144,31 @@ class LitSRPipeline:
                seed: int | None = None) -> list[dict[str, np.ndarray]]:
         """8-bit SR images of an LQ batch in [0, 1], one dict per image: ``{"": sr}``, ``{"_g0.5": …}``
         per γ, or ``{"_region": …}``. ``seed`` seeds the noise a strategy draws, once per call."""
+        return self.run(lq, knob, gammas, gamma_map, color, batch, seed).images
+
+    def run(self, lq: torch.Tensor, knob: Any = None, gammas: Sequence[float] | None = None,
+            gamma_map: np.ndarray | None = None, color: str = "none", batch: dict | None = None,
+            seed: int | None = None) -> PipelineOutput:
+        """:meth:`images` with the timestep each image ran at.
+
+        Outputs above ``max_output_pixels`` are refused before anything runs; large ones run over
+        tiles (``auto_tile``, one log line).
+        """
         g = self.generator
         if (gammas is not None or gamma_map is not None) and not g.has_endpoints:
             raise LitSRError(f"{'gamma' if gammas is not None else 'gamma_map'} needs a model with fidelity/realism "
                              "endpoints (IFCSR)")
         knob = g.noise.parse_knob(knob)
+        height, width = lq.shape[-2] * g.scale, lq.shape[-1] * g.scale
+        check_output_size(height, width, self.max_output_pixels, f"a {lq.shape[-1]}x{lq.shape[-2]} input")
         lq = lq.to(self.device)
-        with torch.no_grad(), self._autocast(), (seeded(seed, self.device) if seed is not None else nullcontext()):
+        with torch.no_grad(), self._autocast(), (seeded(seed, self.device) if seed is not None else nullcontext()), \
+                auto_tiled(g, height, width, self.auto_tile):
+            passes, t = self._passes(lq, knob, batch)
             if gammas is None and gamma_map is None:
-                outs = {"": g(lq, knob, batch)}
+                outs = {"": passes[0] if len(passes) == 1 else blend(*passes, g.gamma)}
             else:
-                x_fid, x_real = g.endpoints(lq, knob, batch)
+                x_fid, x_real = passes
                 outs = ({f"_g{v:g}": x for v, x in zip(gammas, blend_many(x_fid, x_real, list(gammas)))}
                         if gammas is not None else {"fid": x_fid, "real": x_real})
             ref = g.upsample(lq).float()
@@ -128,7 +179,18 @@ class LitSRPipeline:
             if gamma_map.shape != (h, w):
                 raise LitSRError(f"the gamma map is {gamma_map.shape[1]}x{gamma_map.shape[0]}, the output is {w}x{h}")
             results = [{"_region": blend_uint8(r["fid"], r["real"], gamma_map)} for r in results]
-        return results
+        return PipelineOutput(results, [int(v) for v in t.reshape(-1).tolist()])
+
+    def _passes(self, lq: torch.Tensor, knob: Any, batch: dict | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The generator's SR images — one, or (x_fid, x_real) of an endpoint model, exactly what its
+        ``forward`` / ``endpoints`` compute — and the (B,) timesteps they ran at."""
+        g = self.generator
+        if g.has_endpoints:
+            fid = g.endpoint_step("fidelity", lq, knob, batch=batch)
+            real = g.endpoint_step("realism", lq, knob, batch=batch)
+            return [fid.sr, real.sr], fid.t
+        out = g.step(lq, knob=knob, batch=batch)
+        return [out.sr], out.t
 
     def __call__(self, image: str | Path | Image.Image | np.ndarray | torch.Tensor, knob: Any = None,
                  gamma: float | Sequence[float] | None = None, gamma_map: np.ndarray | str | Path | None = None,

@@ -26,7 +26,10 @@ def config_error_line(exc: BaseException, prefix: str = "") -> str:
     if isinstance(exc, FieldError):
         return exc.at(prefix)
     full = getattr(exc, "full_key", None)
-    key = f"{prefix}.{full}" if prefix and full else (full or prefix)
+    # A node checked where it sits in the whole config already has the absolute key (backbone.path,
+    # not path): prefix only relative keys, or the hint would name backbone.backbone.path.
+    absolute = bool(full) and bool(prefix) and (full == prefix or str(full).startswith((f"{prefix}.", f"{prefix}[")))
+    key = full if absolute else (f"{prefix}.{full}" if prefix and full else (full or prefix))
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     first = lines[0] if lines else type(exc).__name__
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):

@@ -122,3 +122,41 @@ def test_cli_errors_are_one_line(args, expected):
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and expected in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_value_hint_names_the_key_that_works():
+    """The hint for backbone=sd21 without a path is a key that composes (not backbone.backbone.path)."""
+    with pytest.raises(ConfigError) as info:
+        compose(["backbone=sd21"])
+    assert str(info.value) == "missing value for 'backbone.path' (set it on the command line: backbone.path=...)"
+    with pytest.raises(ConfigError, match="backbone.path: directory not found"):  # following the hint gets further
+        compose(["backbone=sd21", "backbone.path=/no/such/dir"])
+
+
+def test_every_target_the_configs_name_is_trusted_when_a_model_folder_is_loaded():
+    """A stored config may name what conf/ names (schedulers from diffusers included), nothing else:
+    the allow-list compares the resolved object, so a trusted prefix is not enough."""
+    import yaml
+
+    from lit_sr.config.loading import is_trusted_target
+
+    targets = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "_target_" in node:
+                targets.add(str(node["_target_"]))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for path in CONF_DIR.rglob("*.yaml"):
+        if "extract" not in path.relative_to(CONF_DIR).parts[0]:  # the extraction job's config is never stored
+            walk(yaml.safe_load(path.read_text()))
+    assert "diffusers.optimization.get_cosine_schedule_with_warmup" in targets
+    assert {t for t in targets if not is_trusted_target(t)} == set()
+    for bad in ("os.system", "lit_sr.config.run.os.system", "lit_sr.config.loading.torch.load", "builtins.eval",
+                "lit_sr.model.export.shutil.rmtree", "torch.optim.Optimizer.__init__", "lit_sr.nope.Missing"):
+        assert not is_trusted_target(bad), bad

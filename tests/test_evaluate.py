@@ -143,3 +143,43 @@ def test_csv_quoting_of_folder_names(tmp_path, capsys):
                  "--csv", str(out_csv)]) == 0
     rows = list(csv.reader(io.StringIO(out_csv.read_text())))
     assert rows[1][0] == str(tmp_path / "a, b") and float(rows[1][1]) == 100.0  # identical images: capped PSNR
+
+
+def test_per_image_csv_survives_commas_quotes_and_newlines_in_names(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    names = ["a,b", 'say "hi"', "two\nlines", "plain"]
+    for i, name in enumerate(names):
+        hq = _smooth(g, 32, 32)
+        save_image(hq, tmp_path / "hq" / f"{name}.png")
+        save_image((hq + 0.02 * (i + 1)).clamp(0, 1), tmp_path / "sr" / f"{name}.png")
+    per_image = tmp_path / "per_image.csv"
+    assert main(["--sr-dir", str(tmp_path / "sr"), "--hq-dir", str(tmp_path / "hq"), "--metrics", "psnr",
+                 "--per-image", str(per_image)]) == 0
+    with open(per_image, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["row", "image", "metric", "value"] and all(len(r) == 4 for r in rows)
+    assert sorted(r[1] for r in rows[1:]) == sorted(names)
+
+
+def test_a_settings_noise_does_not_depend_on_the_settings_before_it(tmp_path, paired, make_cfg, tiny_bb):
+    """Seeded per (image, setting): t=200's scores are the same whether 100 was evaluated first or not
+    (rgpa draws noise at inference), and so is an image's whatever images come before it."""
+    from lit_sr.config.build import build_generator
+    from lit_sr.model.export import export_adapter
+
+    cfg = make_cfg("noise=rgpa", "model.color_fix=none")
+    export_adapter(build_generator(cfg, tiny_bb), tmp_path / "model", config=OmegaConf.to_container(cfg))
+    lq, hq = paired
+
+    def scores(*knobs: str, max_images: int | None = None) -> dict[tuple[str, str], str]:
+        out = tmp_path / f"per_{'_'.join(knobs)}_{max_images}.csv"
+        extra = ["--max-images", str(max_images)] if max_images else []
+        assert main(["--model", str(tmp_path / "model"), "--lq-dir", str(lq), "--hq-dir", str(hq), "--metrics", "psnr",
+                     "--knobs", *knobs, "--per-image", str(out), *extra]) == 0
+        with open(out, newline="") as fh:
+            return {(r["row"], r["image"]): r["value"] for r in csv.DictReader(fh) if r["metric"] == "psnr"}
+
+    both, alone = scores("100", "400"), scores("400")
+    assert {k: v for k, v in both.items() if k[0] == "400"} == alone
+    first = scores("400", max_images=1)
+    assert first == {k: v for k, v in alone.items() if k in first} and len(first) == 1

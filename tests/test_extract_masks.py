@@ -186,3 +186,16 @@ def test_box_cap_and_sam_batches_bound_the_work_not_the_result():
     assert [r.boxes for r in g(images, nouns, sizes)] == [2, 2]
     with pytest.raises(ValueError, match="sam_batch must be >= 1"):
         GroundedSAM2(g.detector, g.segmenter, tokenizer=g.tokenizer, sam_batch=0)
+
+
+def test_help_lists_the_groups_and_exits_0(capsys):
+    from lit_sr.extract_masks import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m lit_sr.extract_masks")
+    for line in ("  tagger:", "  grounding:", "  trainer:", "*ram", "*gsam2", " file ", " tiny "):
+        assert line in out, line
+    assert "noise:" not in out  # training's groups are not this job's
+    assert main(["--cfg", "tagger=file", "tagger.path=tags.csv", "grounding=tiny"]) == 0
+    assert "tiny_grounded_sam2" in capsys.readouterr().out

@@ -4,8 +4,8 @@
     systems  lit_sr.systems.* (LightningModules), callbacks.*
     model    lit_sr.model.*, lit_sr.metrics.*, lit_sr.tagging.*, losses.*  (plain nn.Modules; no Lightning)
     data     datamodules.*
-    base     lit_sr.errors, lit_sr.typed, lit_sr.photos (error types, typed-config helpers, the cache folder
-             and bundled-photo list every layer uses)
+    base     lit_sr.errors, lit_sr.typed, lit_sr.photos, lit_sr.lightning_access (error types, typed-config
+             helpers, the cache folder and bundled-photo list, the Lightning internals every layer may read)
 
 Two more rules inside the downward arrows: the model layer never imports the data layer (a cache
 location or a photo list belongs in a base module), and metrics never import losses (a network
@@ -68,7 +68,7 @@ def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
 
 
 def _layer(module: str) -> str:
-    if module in ("lit_sr", "lit_sr.errors", "lit_sr.typed", "lit_sr.photos"):  # helpers of every layer
+    if module in ("lit_sr", "lit_sr.errors", "lit_sr.typed", "lit_sr.photos", "lit_sr.lightning_access"):  # helpers of every layer
         return "base"
     if module.startswith(("lit_sr.model", "lit_sr.metrics", "lit_sr.tagging", "losses")):
         return "model"

@@ -166,3 +166,40 @@ def test_batches_carry_prompts_nouns_and_stacked_masks(tmp_path):
     assert batch["prompt"] == ["red box"] * 3 and batch["nouns"] == [["red box"]] * 3
     assert torch.utils.data.default_collate([it["masks"] for it in items]).shape == (3, 4, 32, 32)
     assert collate_mask_fields([{"hq": torch.zeros(1)}]) == {}
+
+
+def test_byte_identical_copies_in_another_folder_match_by_content(tmp_path):
+    """Keys are '<folder name>/<path inside it>': copies under another folder name match nothing by path
+    (the warning says how files are matched and what to set); data.mask_match=content finds them by SHA-1."""
+    import shutil
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    cache = MaskCache(tmp_path / "cache", create=True)
+    for k in range(3):
+        img, mask = _scene(seed=k)
+        Image.fromarray(img).save(root / f"{k}.png")
+        _write(cache, root / f"{k}.png", root, f"p{k}", ["thing"], mask[None])
+    cache.merge_journals()
+    copies = tmp_path / "elsewhere"
+    shutil.copytree(root, copies)
+    files = sorted(copies.glob("*.png"))
+    with pytest.warns(MaskCacheWarning, match=r"0/3 images have masks.*'<image folder name>/<path inside it>'.*"
+                                              r"data\.mask_match=content"):
+        by_path = wrap_with_masks(HRCropDataset(files, crop_size=32), str(tmp_path / "cache"))
+    assert by_path.report.missing == 3
+    by_content = wrap_with_masks(HRCropDataset(files, crop_size=32), str(tmp_path / "cache"), match="content")
+    assert by_content.report.ok == 3
+    for k, path in enumerate(files):
+        assert by_content.annotation(str(path), (0, 0, False), 32)["prompt"] == f"p{k}"
+    Image.fromarray(_scene(seed=9)[0]).save(copies / "new.png")  # other bytes: still missing, by either rule
+    _, report = MaskCache(tmp_path / "cache").match(sorted(copies.glob("*.png")), match="content")
+    assert (report.ok, report.missing) == (3, 1)
+
+
+def test_mask_match_is_a_data_setting(tmp_path, make_cfg):
+    from lit_sr.config.build import build_datamodule
+
+    with pytest.raises(ConfigError, match="mask_match"):
+        build_datamodule(make_cfg("data.mask_match=hash"))
+    assert build_datamodule(make_cfg("data.mask_match=content")).mask_match == "content"

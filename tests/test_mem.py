@@ -147,5 +147,43 @@ def test_train_py_experiment_mem_end_to_end(make_cfg, tmp_path):
     save_image(torch.rand(3, 16, 16), tmp_path / "lq" / "a.png")
     args = ["--model", str(export), "--input", str(tmp_path / "lq"), "--output", str(tmp_path / "sr"),
             "--knob", "adaptive", "--set", f"noise.mem_weights={mem_file}"]
-    assert infer.run(infer.parse_args(args))["written"] == 1
+    assert infer.run(infer.parse_args(args)).written == 1
     assert infer.main(args[:-2]) == 2  # adaptive without MEM weights: a one-line error, exit status 2
+
+
+def test_adaptive_inference_reports_the_timestep_of_each_image(trained_mem, make_cfg, tiny_bb, tmp_path, caplog):
+    """--knob adaptive: the t the MEM chose is in each image's log line and in evaluate's per-image CSV."""
+    import csv
+    import logging
+
+    from datamodules.imageio import save_image
+    from lit_sr import evaluate, infer
+    from lit_sr.config.build import build_generator
+    from lit_sr.model.export import export_adapter
+
+    mem_file = save_mem(trained_mem, tmp_path / "mem.safetensors")
+    cfg = make_cfg("noise=ldg", "noise.m_min=0.3", "noise.m_max=0.9", f"noise.mem_weights={mem_file}")
+    generator = build_generator(cfg, tiny_bb)
+    model = export_adapter(generator, tmp_path / "adapter", OmegaConf.to_container(cfg))
+    groups = set(generator.noise.knob_values())
+    gen = torch.Generator().manual_seed(0)
+    hq = {"smooth": F.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=(64, 64), mode="bilinear")[0],
+          "noisy": torch.rand(3, 64, 64, generator=gen)}
+    for name, img in hq.items():
+        save_image(img, tmp_path / "hq" / f"{name}.png")
+        save_image(F.interpolate(img[None], scale_factor=0.25, mode="area")[0], tmp_path / "lq" / f"{name}.png")
+    with caplog.at_level(logging.INFO, logger="lit_sr.infer"):
+        infer.run(infer.parse_args(["--model", str(model), "--input", str(tmp_path / "lq"),
+                                    "--output", str(tmp_path / "sr"), "--knob", "adaptive"]))
+    wrote = [r.getMessage() for r in caplog.records if r.getMessage().startswith("wrote ") and "(t=" in r.getMessage()]
+    assert len(wrote) == 2
+    logged = {m.split()[1].rsplit("/", 1)[-1]: int(m.rsplit("(t=", 1)[1].rstrip(")")) for m in wrote}
+    assert set(logged) == {"smooth.png", "noisy.png"} and set(logged.values()) <= groups
+    per_image = tmp_path / "per_image.csv"
+    assert evaluate.main(["--model", str(model), "--lq-dir", str(tmp_path / "lq"), "--hq-dir", str(tmp_path / "hq"),
+                          "--knobs", "adaptive", "250", "--metrics", "psnr", "--per-image", str(per_image)]) == 0
+    with open(per_image, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["metric"] == "t"]
+    adaptive = {r["image"]: int(r["value"]) for r in rows if r["row"] == "adaptive"}
+    assert adaptive == {"noisy": logged["noisy.png"], "smooth": logged["smooth.png"]}
+    assert [int(r["value"]) for r in rows if r["row"] == "250"] == [250, 250]

@@ -90,8 +90,9 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_four_ranks_on_shards_survive_sigterm_and_a_move_to_another_host_drawing_each_sample_once(tmp_path):
-    from datamodules.packing import pack
     from test_shards import make_images
+
+    from datamodules.packing import pack
 
     make_images(tmp_path / "photos", 192, low=36, high=56)
     pack([str(tmp_path / "photos")], str(tmp_path / "set"), workers=2, part_size=64, opts=PackOptions("24kb"))

@@ -103,6 +103,12 @@ def test_a_model_folder_whose_config_names_an_arbitrary_callable_is_refused(make
     with pytest.raises(WeightsError, match=r"refusing to load: its config names noise\._target_='os\.system'"):
         load_generator(out)
     assert not marker.exists()
+    # a trusted prefix is not enough: the target is resolved and the object compared
+    (out / "config.yaml").write_text(text.replace("_target_: lit_sr.model.noise.uniform.UniformNoise",
+                                                  f"_target_: lit_sr.config.run.os.system\n  command: touch {marker}", 1))
+    with pytest.raises(WeightsError, match=r"noise\._target_='lit_sr\.config\.run\.os\.system', which is not one"):
+        load_generator(out)
+    assert not marker.exists()
 
 
 def test_a_failed_export_leaves_the_previous_folder_untouched(make_cfg, tiny_bb, tmp_path, monkeypatch):
@@ -157,6 +163,61 @@ def test_a_failed_checkpoint_save_leaves_no_truncated_file(tmp_path, monkeypatch
     assert target.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_exit_2_with_the_old_checkpoint_intact(tmp_path, monkeypatch, capsys):
+    import train
+    from lit_sr.systems import checkpoint_io
+
+    args = [f"run_dir={tmp_path}", *FAST, "trainer.max_steps=2", "callbacks=default", "val=null", "checkpoint=last",
+            "checkpoint.last.every_n_train_steps=1", "export.enabled=false"]
+    real = checkpoint_io.torch.save
+    saves = []
+
+    def second_save_fails(obj, fh):
+        saves.append(1)
+        if len(saves) > 1:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(28, "No space left on device")
+        real(obj, fh)
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", second_save_fails)
+    assert train.main(args) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err[-1] == (f"error: cannot write checkpoint {tmp_path / 'checkpoints' / 'last.ckpt'}: No space left on device "
+                       "(the previous one is intact)")
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert not (tmp_path / ".lit_sr.lock").exists()
+
+
+@pytest.mark.filterwarnings("ignore:The number of training batches")  # Lightning's note on this very case
+@pytest.mark.parametrize("steps", [3, 13])
+def test_the_last_step_is_logged_whatever_log_every_n_steps_says(tmp_path, steps):
+    """Lightning logs train/* every log_every_n_steps (10): a 3-step run logged nothing, a 13-step run not its end."""
+    import train
+
+    fast = [a for a in FAST if not a.startswith("trainer.log_every_n_steps")]
+    assert train.main([f"run_dir={tmp_path}", *fast, f"trainer.max_steps={steps}", "trainer.log_every_n_steps=10",
+                       "callbacks=default", "val=null", "checkpoint=last", "export.enabled=false"]) == 0
+    logged = _losses(tmp_path)
+    assert max(logged) == steps - 1  # Lightning's step index of the last optimizer step (0-based)
+    assert sorted(logged) == sorted({9, steps - 1} & set(range(steps)))
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_run(tmp_path):
+    from lit_sr.systems.checkpoint_io import remove_orphans
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that is gone
+    (tmp_path / f".adapter.tmp-{dead}").mkdir()
+    (tmp_path / f".adapter.tmp-{dead}" / "lit_sr_state.safetensors").write_bytes(b"half")
+    (tmp_path / f".last.ckpt.tmp-{dead}").write_bytes(b"half")
+    (tmp_path / f".adapter.tmp-{os.getppid()}").mkdir()  # a live process's: left alone
+    (tmp_path / "adapter").mkdir()
+    removed = remove_orphans(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".adapter.tmp-{dead}", f".last.ckpt.tmp-{dead}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["adapter", f".adapter.tmp-{os.getppid()}"])
+
+
 # ------------------------------------------------------------------------------ faults
 
 
@@ -182,6 +243,29 @@ def test_a_signal_saves_last_ckpt_at_the_current_step_and_exits_non_zero(tmp_pat
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == step >= 3
     assert not (tmp_path / "adapter").exists()  # an interrupted run exports nothing
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_export_finishes_it_then_exits_3_leaving_nothing_behind(tmp_path):
+    proc = _popen(tmp_path, "trainer.max_steps=2", "callbacks.export._target_=tests.signal_helpers.SignalDuringExport",
+                  "export.enabled=true")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3, err[-3000:]
+    assert _last_line(err).startswith("error: received SIGTERM after training: the run finished what it was writing")
+    assert (tmp_path / "adapter" / "lit_sr_state.safetensors").is_file()  # the export completed
+    assert not list(tmp_path.glob(".adapter.*")) and not (tmp_path / ".lit_sr.lock").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_final_validation_saves_and_exits_3(tmp_path):
+    proc = _popen(tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=2", "export.enabled=true",
+                  "+callbacks.signal._target_=tests.signal_helpers.SignalAtFinalValidation")
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 3, err[-3000:]
+    line = _last_line(err)
+    assert line.startswith("error: stopped by SIGTERM at step 2: saved ") and "ckpt_path=last" in line
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert not (tmp_path / ".lit_sr.lock").exists()
 
 
 @pytest.mark.slow
@@ -283,8 +367,9 @@ def test_symlink_loops_are_skipped_and_counted(tmp_path, caplog):
     (root / "self.png").symlink_to("self.png")
     with caplog.at_level("WARNING"):
         files = index_images([root], tmp_path / "cache")
-    assert root.resolve() / "a.png" in files
+    assert files == [root.resolve() / "a.png"]  # skipped means left out, not decoded later
     assert "skipped 2 entries that cannot be followed" in caplog.text
+    assert index_images([root]) == files == index_images([root], tmp_path / "cache")  # uncached, and cached
 
 
 def test_bad_files_are_replaced_uniformly_over_the_good_ones(tmp_path):
@@ -350,6 +435,20 @@ def test_data_problems_are_one_line_before_the_model_is_built(tmp_path, make_cfg
     with pytest.raises(ConfigError, match=expected[case]) as info:
         build_datamodule(make_cfg(*overrides[case])).check()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("layout", ["drealsr", "same_name"])
+def test_paired_validation_from_the_config_builds_its_set(tmp_path, make_cfg, layout):
+    """data.val_paired arrives from the config as a plain mapping; the datamodule builds the paired set."""
+    from lit_sr.config.build import build_datamodule
+
+    names = {"drealsr": ("x_x4.png", "x_x1.png"), "same_name": ("x.png", "x.png")}[layout]  # (LQ, HQ)
+    _png(tmp_path / "lq" / names[0], size=24)
+    _png(tmp_path / "hq" / names[1], size=96)
+    dm = build_datamodule(make_cfg(f"+data.val_paired={{lq_root:{tmp_path / 'lq'},hq_root:{tmp_path / 'hq'},"
+                                   f"layout:{layout}}}"))
+    dm.check()
+    assert len(dm.val_set) == 1 and dm.val_set[0]["hq"].shape[-1] == 4 * dm.val_set[0]["lq"].shape[-1]
 
 
 def test_a_string_train_dirs_is_one_folder(tmp_path, make_cfg):
@@ -427,11 +526,12 @@ def test_inference_keeps_names_distinct_refuses_to_overwrite_and_checks_the_outp
     Image.open(src / "dup.png").save(src / "dup.jpg")
     _png(src / "solo.png", size=16, seed=3)
     args = ["--model", str(tmp_path / "model"), "--input", str(src), "--output", str(tmp_path / "out")]
-    assert infer.run(infer.parse_args(args)) == {"written": 3, "skipped": 0}
+    stats = infer.run(infer.parse_args(args))
+    assert (stats.written, stats.skipped, stats.failed) == (3, 0, 0)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dup_jpg.png", "dup_png.png", "solo.png"]
     with pytest.raises(Exception, match="exists .*use --overwrite"):
         infer.run(infer.parse_args(args))
-    assert infer.run(infer.parse_args([*args, "--overwrite"]))["written"] == 3
+    assert infer.run(infer.parse_args([*args, "--overwrite"])).written == 3
     (tmp_path / "afile").write_text("x")
     with pytest.raises(Exception, match="is a file, not a folder"):
         infer.run(infer.parse_args([*args[:-1], str(tmp_path / "afile")]))

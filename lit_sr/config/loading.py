@@ -68,10 +68,62 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> DictC
     return cfg
 
 
-# A model folder is data: the classes its stored config may name are the project's components and
+# A model folder is data: the objects its stored config may name are the project's components and
 # the library classes its configs use (optimizers, schedulers, Lightning callbacks and loggers) —
-# never an arbitrary callable such as os.system.
-TRUSTED_TARGETS = ("lit_sr.", "datamodules.", "callbacks.", "losses.", "torch.optim.", "lightning.pytorch.")
+# never an arbitrary callable such as os.system. Two gates: the module path must lie under one of
+# these prefixes (so nothing else is even imported), and the resolved object must be one of
+# :func:`trusted_objects` (a prefix alone lets ``lit_sr.config.run.os.system`` through).
+TRUSTED_PREFIXES = ("lit_sr.", "datamodules.", "callbacks.", "losses.", "torch.optim.", "lightning.pytorch.",
+                    "diffusers.optimization.")
+
+
+# The factory functions a stored config may name, by the qualified name of the resolved object (its own
+# module, not the path the config wrote: ``lit_sr.config.run.os.system`` resolves to ``posix.system``).
+TRUSTED_FUNCTIONS = frozenset({
+    "lit_sr.model.families.sd.load_sd", "lit_sr.model.families.sd.tiny_sd",  # the backbone families' loaders
+    "lit_sr.model.families.sd3.load_sd3", "lit_sr.model.families.sd3.tiny_sd3",
+    "lit_sr.config.systems.sr_system", "lit_sr.config.systems.mem_system",
+})
+
+
+def trusted_objects() -> tuple[tuple[type, ...], frozenset]:
+    """The classes a stored config's ``_target_`` may be (or derive from) and the factory functions
+    it may name (qualified names) — an explicit set; a new factory function in ``conf/`` must be
+    added to :data:`TRUSTED_FUNCTIONS` (a test composes every config file against it)."""
+    import lightning as L
+    from diffusers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from lightning.pytorch.loggers import Logger
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+
+    from datamodules.degradation.base import Degradation
+    from lit_sr.model.backbone import Backbone
+    from lit_sr.model.conditioning.base import Conditioner
+    from lit_sr.model.mem import MetricEstimator
+    from lit_sr.model.modulation import Modulation
+    from lit_sr.model.noise.base import NoiseStrategy
+    from losses.base import LossTerm
+
+    classes = (NoiseStrategy, Conditioner, Modulation, LossTerm, MetricEstimator, Backbone, Degradation,
+               L.LightningDataModule, L.Callback, Logger, Optimizer, LRScheduler)
+    schedulers = {f"{f.__module__}.{f.__qualname__}" for f in TYPE_TO_SCHEDULER_FUNCTION.values()}
+    return classes, frozenset(TRUSTED_FUNCTIONS | schedulers)
+
+
+def is_trusted_target(target: str) -> bool:
+    """Whether ``target`` (a ``_target_`` string) names one of :func:`trusted_objects`."""
+    from lit_sr.config.compose import resolve_target
+
+    if not target.startswith(TRUSTED_PREFIXES):
+        return False
+    try:
+        obj = resolve_target(target, "_target_")
+    except ConfigError:
+        return False
+    classes, functions = trusted_objects()
+    if isinstance(obj, type):
+        return issubclass(obj, classes)
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}" in functions
 
 
 def _check_targets(node: Any, source: Path, key: str = "") -> None:
@@ -79,9 +131,10 @@ def _check_targets(node: Any, source: Path, key: str = "") -> None:
         node = OmegaConf.to_container(node, resolve=False)
     if isinstance(node, dict):
         target = node.get("_target_")
-        if target is not None and not str(target).startswith(TRUSTED_TARGETS):
+        if target is not None and not is_trusted_target(str(target)):
             raise WeightsError(f"{source}: refusing to load: its config names {key or 'the root'}._target_="
-                               f"{target!r}, outside the project's components ({', '.join(TRUSTED_TARGETS)})")
+                               f"{target!r}, which is not one of the project's components or the library classes "
+                               "its configs use")
         for k, v in node.items():
             _check_targets(v, source, f"{key}.{k}" if key else str(k))
     elif isinstance(node, list):

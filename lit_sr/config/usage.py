@@ -1,5 +1,6 @@
-"""``train.py --help``: the usage line, every config group with its choices (default marked) and a
-one-line summary of each choice, read from the YAML files' leading comments."""
+"""``train.py --help`` and ``python -m lit_sr.extract_masks --help``: the usage line, every config
+group with its choices (default marked) and a one-line summary of each choice, read from the YAML
+files' leading comments."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +14,16 @@ USAGE = """usage: python train.py [--help] [--cfg] [group=choice ...] [key=value
   group=choice     pick a file of a config group (below), e.g. noise=rgpa experiment=codsr
   key=value        set any value, e.g. trainer.max_steps=20 data.batch_size=2 ckpt_path=last
   +key=value       add a key the config does not have; ~key removes one
+  --cfg            print the composed config (with the overrides given) and exit
+  --help           print this text and exit
+"""
+
+EXTRACT_USAGE = """usage: python -m lit_sr.extract_masks [--help] [--cfg] [group=choice ...] [key=value ...]
+
+Builds the TMG mask cache offline (tags -> nouns -> boxes -> masks); see docs/tmg.md.
+
+  group=choice     pick a file of a config group (below), e.g. tagger=file grounding=tiny
+  key=value        set any value, e.g. image_dirs=[/data/DIV2K_train_HR] cache_dir=/data/tmg tagger.path=tags.csv
   --cfg            print the composed config (with the overrides given) and exit
   --help           print this text and exit
 """
@@ -42,19 +53,30 @@ def defaults(conf_dir: Path, config_name: str) -> dict[str, str | None]:
 
 
 def usage_text(conf_dir: str | Path | None = None, config_name: str = "train") -> str:
+    """The help of ``train.py`` (``config_name="train"``) or of the mask extraction (``"extract"``).
+
+    A defaults entry ``extract/tagger@tagger`` is the group ``tagger`` with its files in
+    ``conf/extract/tagger``; training also lists the groups its defaults leave out.
+    """
     root = Path(conf_dir or CONF_DIR)
-    chosen = defaults(root, config_name)
-    lines = [USAGE, "config groups (* = default; a group without * is off unless chosen):"]
-    for group in sorted(chosen) + sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in chosen):
-        folder = root / group
-        if not folder.is_dir():
-            continue
-        choices = sorted(folder.glob("*.yaml"))
+    chosen = {}
+    for entry, choice in defaults(root, config_name).items():
+        folder, _, package = entry.partition("@")
+        chosen[package or folder] = (folder, choice)
+    if config_name == "train":
+        chosen.update({p.name: (p.name, None) for p in root.iterdir() if p.is_dir() and p.name not in chosen
+                       and p.name != "extract"})
+    lines = [USAGE if config_name == "train" else EXTRACT_USAGE,
+             "config groups (* = default; a group without * is off unless chosen):"]
+    for group in sorted(chosen):
+        folder, choice = chosen[group]
+        choices = sorted((root / folder).glob("*.yaml"))
         if not choices:
             continue
         lines.append(f"  {group}:")
         for path in choices:
-            mark = "*" if chosen.get(group) == path.stem else " "
+            mark = "*" if choice == path.stem else " "
             lines.append(f"    {mark}{path.stem:<18} {summary(path)}")
-    lines.append("\nEvery value of the composed config can be overridden; see `python train.py --cfg` and README.md.")
+    command = "python train.py" if config_name == "train" else "python -m lit_sr.extract_masks"
+    lines.append(f"\nEvery value of the composed config can be overridden; see `{command} --cfg` and README.md.")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ Shared by the evaluation CLI (:mod:`lit_sr.evaluate`) and the fidelity–realism
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,6 +104,18 @@ class KnobSweep:
                 outputs.append(generator(lq, knob, batch))
         return outputs
 
+    def run_knob(self, generator: Any, lq: torch.Tensor, knob: Any,
+                 batch: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The SR images of one knob (one per γ, or one) — what :meth:`run` gives for it, through the
+        generator's ``step`` / ``endpoint_step`` — and the (B,) timesteps the passes ran at
+        (``adaptive`` picks one per image)."""
+        if self.gammas is not None:
+            fid = generator.endpoint_step("fidelity", lq, knob, batch=batch)
+            real = generator.endpoint_step("realism", lq, knob, batch=batch)
+            return blend_many(fid.sr, real.sr, self.gammas), fid.t
+        out = generator.step(lq, knob=knob, batch=batch)
+        return [out.sr], out.t
+
 
 class SweepScores:
     """Per-point sums of per-image scores of every metric in a suite.
@@ -155,6 +168,13 @@ class SweepScores:
                     row[name] = total / count
             rows.append(row)
         return rows
+
+
+def seed_for(seed: int, *parts: Any) -> int:
+    """A seed derived from ``seed`` and ``parts`` (an image name, a setting): the noise of one
+    (image, setting) pair does not depend on which images or settings ran before it."""
+    digest = hashlib.sha256("\0".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @contextmanager

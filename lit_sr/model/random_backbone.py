@@ -4,7 +4,7 @@ No weights can be downloaded here, but the architecture is what breaks at real s
 ``conv_in``, 1024-wide cross-attention, 8× VAE, 1280-wide CLIP vision tokens). A directory written
 by :func:`write_sd_directory` has the layout and the configuration files of the published
 model, so ``backbone=sd21 backbone.path=DIR`` loads it through exactly the code that loads real
-weights (:func:`lit_sr.model.backbone.load_backbone`), and the same commands then run unchanged
+weights (:func:`lit_sr.model.families.sd.load_sd`), and the same commands then run unchanged
 with the real directory.
 
 The configurations below are the published ``config.json`` files of

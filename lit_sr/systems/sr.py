@@ -33,6 +33,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from lit_sr.lightning_access import forget_logged
 from lit_sr.model.adapters import only_trainable, train_only
 from lit_sr.model.blend import blend
 from lit_sr.model.generator import OneStepSR
@@ -40,7 +41,6 @@ from lit_sr.model.output import SROutput
 from lit_sr.systems.calibration import calibrate_noise
 from lit_sr.systems.distributed import gather_objects
 from lit_sr.systems.guard import FiniteGuard
-from lit_sr.systems.lightning_access import forget_logged
 from lit_sr.systems.stages import Stage, StagePlan
 from losses.base import LossTerm
 
