@@ -1,11 +1,18 @@
-"""The tiny ×4 KL VAE of the CPU backbones, trained once as an autoencoder on the bundled photos.
+"""The tiny ×4 KL VAE of the CPU backbones, trained as an autoencoder on the bundled photos.
 
 A frozen *random* VAE would make super-resolution unlearnable, so the tiny backbones' VAE is
-trained once on random crops of the bundled training photos (:mod:`lit_sr.photos`; the held-out
-photos are never seen) and cached under ``$LIT_SR_CACHE/tiny_vae/<key>``, keyed by its
-configuration, seed, step count and photo list. ``latent_channels`` is 4 for the SD-shaped tiny
-backbone and 16 for the SD3-shaped one; the latents are normalised to zero mean (``shift_factor``,
-16-channel VAEs only, as SD3's) and unit variance (``scaling_factor``), as the published VAEs' are.
+trained on random crops of the bundled training photos (:mod:`lit_sr.photos`; the held-out photos
+are never seen). Each recipe — configuration, seed, step count, photo list — has a key, and a
+trained VAE is looked up in this order:
+
+1. the package's own ``lit_sr/data/tiny_vae/<key>/`` — the recipes the configs use ship trained
+   (``python -m lit_sr.make_tiny_vae`` writes them; a fresh machine trains nothing);
+2. ``$LIT_SR_CACHE/tiny_vae/<key>`` — any other recipe, trained once on first use and cached.
+
+``latent_channels`` is 4 for the test backbone (``backbone=tiny``) and 16 for the CPU default
+(``tiny16``) and the SD3-shaped one (``tiny_sd3``), as SD3's and FLUX's VAEs have; the latents are
+normalised to zero mean (``shift_factor``, 16-channel VAEs only, as SD3's) and unit variance
+(``scaling_factor``), as the published VAEs' are.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -101,32 +109,55 @@ def _normalisation(vae: nn.Module, shift: bool) -> dict[str, float]:
     return values
 
 
-def tiny_vae(seed: int = 0, pretrain_steps: int = 1500, latent_channels: int = 4):
-    """The tiny ×4 VAE with ``latent_channels`` channels, trained once on the bundled photos and cached."""
-    from diffusers import AutoencoderKL
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "tiny_vae"  # trained recipes shipped with the package
 
+
+def recipe_key(seed: int = 0, pretrain_steps: int = 1500, latent_channels: int = 4) -> str:
+    """The key of one training recipe (the photos it learns from are part of it)."""
     config = dict(TINY_VAE, latent_channels=int(latent_channels))
-    # The photos it learns from are part of the key: a changed training set trains a new VAE.
-    key = hashlib.sha1(json.dumps([config, seed, pretrain_steps, 3, TRAIN_PHOTOS], sort_keys=True).encode()).hexdigest()[:12]
-    folder = cache_root() / "tiny_vae" / key
-    if (folder / "config.json").exists():
-        try:
-            return AutoencoderKL.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as exc:  # a corrupt cache entry is rebuilt, not fatal
-            log.warning("rebuilding tiny VAE cache %s (%s)", folder, str(exc).splitlines()[0])
+    return hashlib.sha1(json.dumps([config, seed, pretrain_steps, 3, TRAIN_PHOTOS], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def train_tiny_vae(seed: int = 0, pretrain_steps: int = 1500, latent_channels: int = 4, progress: bool = True,
+                   threads: int | None = None):
+    """A new tiny VAE trained by the recipe (on ``threads`` CPU threads, default every core; a progress
+    bar on stderr when ``progress``)."""
+    from diffusers import AutoencoderKL
+    from tqdm.auto import tqdm
+
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**config)
+    vae = AutoencoderKL(**dict(TINY_VAE, latent_channels=int(latent_channels)))
     if pretrain_steps > 0:
-        log.info("training the tiny %d-channel VAE once on the bundled photos (%d steps); cached in %s",
-                 latent_channels, pretrain_steps, folder)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(max(threads, os.cpu_count() or 1))  # once per machine: use every core
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or max(before, os.cpu_count() or 1))  # once per machine: every core
+        bar = tqdm(total=pretrain_steps, desc=f"tiny {latent_channels}-channel VAE", unit="step", disable=not progress,
+                   mininterval=1.0)
         try:
             with torch.enable_grad():
-                pretrain(vae, pretrain_steps, seed)
+                pretrain(vae, pretrain_steps, seed,
+                         progress=lambda i, n, loss: (bar.update(1), bar.set_postfix(mse=f"{loss:.4f}", refresh=False)))
         finally:
-            torch.set_num_threads(threads)
+            bar.close()
+            torch.set_num_threads(before)
         vae.register_to_config(**_normalisation(vae, shift=latent_channels > 4))
+    return vae
+
+
+def tiny_vae(seed: int = 0, pretrain_steps: int = 1500, latent_channels: int = 4):
+    """The tiny ×4 VAE of this recipe: shipped with the package, cached, or trained now and cached."""
+    from diffusers import AutoencoderKL
+
+    key = recipe_key(seed, pretrain_steps, latent_channels)
+    folder = cache_root() / "tiny_vae" / key
+    for place in (SHIPPED / key, folder):
+        if (place / "config.json").exists():
+            try:
+                return AutoencoderKL.from_pretrained(place, local_files_only=True)
+            except (OSError, ValueError) as exc:  # a corrupt cache entry is rebuilt, not fatal
+                log.warning("cannot load the tiny VAE in %s (%s): training it again", place, str(exc).splitlines()[0])
+    log.info("training the tiny %d-channel VAE once on the bundled photos (%d steps); cached in %s",
+             latent_channels, pretrain_steps, folder)
+    vae = train_tiny_vae(seed, pretrain_steps, latent_channels)
     tmp = folder.with_name(folder.name + f".tmp{torch.randint(1 << 30, (1,)).item()}")
     vae.save_pretrained(tmp)
     try:

@@ -6,7 +6,8 @@
   OpenCLIP's penultimate layer);
 * :func:`load_sd` — a local diffusers folder (SD-2.1-base, SD-Turbo, SD-2.1 768-v: the scheduler
   config's ``prediction_type`` decides ε or v);
-* :func:`tiny_sd` — the small random UNet of the CPU default and the tests (4-channel ×4 VAE).
+* :func:`tiny_sd` — the small random UNet of the tests (4-channel ×4 VAE, ``backbone=tiny``) and of
+  the CPU default (16-channel ×4 VAE trained 8000 steps, ``backbone=tiny16``).
 """
 from __future__ import annotations
 
@@ -232,18 +233,21 @@ def tiny_sd(
     unet: dict | None = None,
     dtype: str = "fp32",
     prediction_type: str = "epsilon",
+    latent_channels: int = 4,
 ) -> Backbone:
     """Small random-initialised SD-shaped backbone built offline (seeded, deterministic).
 
     ``dtype`` is the storage dtype of the frozen weights (as ``load_sd``'s), so the low-precision
-    path runs on the tiny model too; ``prediction_type`` (epsilon | v_prediction) the parameterisation.
+    path runs on the tiny model too; ``prediction_type`` (epsilon | v_prediction) the parameterisation;
+    ``latent_channels`` 4 (SD-2's) or 16 (SD3's and FLUX's: a VAE that round-trips far better).
     """
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    vae = tiny_vae(seed, vae_pretrain_steps, latent_channels=4)
+    vae = tiny_vae(seed, vae_pretrain_steps, latent_channels=latent_channels)
     torch.manual_seed(seed)
-    unet_model = UNet2DConditionModel(**dict(TINY_UNET, **(unet or {})))
+    channels = {"in_channels": int(latent_channels), "out_channels": int(latent_channels)}
+    unet_model = UNet2DConditionModel(**dict(TINY_UNET, **channels, **(unet or {})))
     te = prompts = vis = None
     if text_encoder:
         tok = byte_level_clip_tokenizer()

@@ -299,7 +299,7 @@ def tiny_sd3(
     seed: int = 0,
     text_encoder: bool = True,
     vision_encoder: bool = False,
-    vae_pretrain_steps: int = 1500,
+    vae_pretrain_steps: int = 8000,
     transformer: dict | None = None,
     shift: float = 3.0,
     dtype: str = "fp32",
