@@ -51,8 +51,9 @@ def write_heldout_pairs(out: Path, scale: int = 4) -> tuple[Path, Path]:
     return lq_dir, hq_dir
 
 
-def verdict(per_image: Path) -> list[str]:
-    """One line per model row: on how many photos it beats bicubic in PSNR, SSIM and colour."""
+def verdict(per_image: Path, default: str | None = None) -> list[str]:
+    """One line per model row: on how many photos it beats bicubic in PSNR, SSIM and colour (the row of
+    the model's inference default knob ``default`` is marked)."""
     scores: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
     with open(per_image, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
@@ -67,11 +68,21 @@ def verdict(per_image: Path) -> list[str]:
         psnr = [images[i]["psnr"] - base[i]["psnr"] for i in images]
         ssim = [images[i]["ssim"] - base[i]["ssim"] for i in images]
         colour = sum(images[i]["colour"] <= base[i]["colour"] + 0.5 for i in images)  # half a level: rounding
-        lines.append(f"knob {knob}: PSNR-Y above bicubic on {sum(d > 0 for d in psnr)}/{n} photos "
+        mark = " (the inference default)" if default is not None and knob == default else ""
+        lines.append(f"knob {knob}{mark}: PSNR-Y above bicubic on {sum(d > 0 for d in psnr)}/{n} photos "
                      f"(margin {min(psnr):+.2f} … {max(psnr):+.2f} dB), SSIM-Y on {sum(d > 0 for d in ssim)}/{n} "
                      f"({min(ssim):+.4f} … {max(ssim):+.4f}), colour shift within bicubic's +0.5 levels on "
                      f"{colour}/{n}")
     return lines
+
+
+def default_knob(model: Path) -> str | None:
+    """The knob the model runs at when none is given (its noise strategy's default), as evaluate labels it."""
+    from lit_sr.config.build import build_component
+    from lit_sr.config.loading import load_config
+
+    knob = build_component(load_config(model).noise, "noise").parse_knob(None)
+    return None if knob is None else str(knob)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,7 +114,7 @@ def run(args: argparse.Namespace) -> list[str]:
     text = table.markdown()
     for path, content in ((out / "table.md", text), (out / "table.csv", table.csv())):
         path.write_text(content, encoding="utf-8")
-    lines = verdict(out / "per_image.csv")
+    lines = verdict(out / "per_image.csv", default_knob(model))
     (out / "verdict.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(text, end="")
     for line in lines:

@@ -47,7 +47,7 @@ def tiny_sd3_bb(_tiny_sd3_template):
 # decode, no curve callbacks) unless they choose otherwise; the embedded CPU default itself
 # (rgpa, colour alignment, curve and knob samples) is trained by tests/test_default_run.py and
 # tests/test_train.py through train.py.
-UNIT_BASELINE = ("noise=uniform", "callbacks=default", "model.color_fix=none")
+UNIT_BASELINE = ("backbone=tiny", "noise=uniform", "callbacks=default", "model.color_fix=none", "optim.lr=1e-3")
 
 
 @pytest.fixture

@@ -143,11 +143,11 @@ def test_large_images_tile_automatically_with_one_line_and_progress_lines_withou
         infer.run(infer.parse_args([*common, "--output", str(tmp_path / "auto"), "--auto-tile", "1024"]))
     auto = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auto-tiling")]
     assert len(auto) == 1 and "the 160x128 output (1280 latent pixels > 1024)" in auto[0]
-    assert "UNet tiles of 32 latent pixels, VAE tiles of 128 px" in auto[0]
+    assert "denoiser tiles of 32 latent pixels, VAE tiles of 128 px" in auto[0]
     lines = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("image 1/2: ") and "big.png" in m and "-> 160x128" in m for m in lines)
     assert any(m.startswith("image 2/2: ") and "small.png" in m for m in lines)
-    for label in ("VAE encoder", "UNet", "VAE decoder"):
+    for label in ("VAE encoder", "denoiser", "VAE decoder"):
         assert any(m.strip().startswith(f"{label}: ") and " tiles in " in m for m in lines), label
     caplog.clear()
     with caplog.at_level(logging.INFO):

@@ -164,7 +164,7 @@ def test_train_help_lists_groups_choices_and_defaults(capsys):
     assert text.startswith("usage: python train.py")
     for group in (p.name for p in CONF_DIR.iterdir() if p.is_dir() and any(p.glob("*.yaml"))):
         assert f"  {group}:" in text, group
-    assert "*tiny " in text and " sd21 " in text and " uniform " in text and "*rgpa " in text
+    assert "*tiny16 " in text and " sd21 " in text and " sd3 " in text and " uniform " in text and "*rgpa " in text
     assert "CODSR's region-adaptive generative prior activation" in text  # the choice's own summary
 
 

@@ -20,6 +20,7 @@ def test_tiled_peak_memory_follows_the_tile_while_the_untiled_one_grows_with_the
     added = (768 * 768 - 256 * 256) * 4  # bytes of one float32 value per added output pixel
     untiled = [_peak(g, x) for x in (small, big)]
     g.vae_tile, g.vae_tile_overlap, g.tile_latent, g.tile_overlap = 128, 32, 32, 8
+    g.vae_tile_stats = 128  # the statistics pass at the tile's size too (its default, 1024 px, is an untiled pass)
     tiled = [_peak(g, x) for x in (small, big)]
     # Untiled, every VAE/UNet activation is image-sized: the peak grows by ~100 floats per pixel
     # (27 -> 244 MB here). Tiled, only the image-sized buffers grow — input, padded input, blend
@@ -28,3 +29,7 @@ def test_tiled_peak_memory_follows_the_tile_while_the_untiled_one_grows_with_the
     assert (untiled[1] - untiled[0]) / added > 50, untiled
     assert (tiled[1] - tiled[0]) / added < 16, tiled
     assert tiled[1] < 0.2 * untiled[1], (tiled, untiled)
+    # The statistics pass bounds the peak by vae_tile_stats, not by the image: at 768² it is an
+    # untiled-sized pass when the statistics size covers the image (the default 1024 px).
+    g.vae_tile_stats = 1024
+    assert _peak(g, big) > 0.5 * untiled[1]

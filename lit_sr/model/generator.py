@@ -55,6 +55,7 @@ class OneStepSR(nn.Module):
         tile_overlap: NonNegative = 8,
         vae_tile: Positive | None = None,
         vae_tile_overlap: NonNegative = 128,
+        vae_tile_stats: Positive = 1024,
         gradient_checkpointing: bool = False,
         endpoints: dict[str, list[str]] | None = None,
         gamma: Fraction = 0.5,
@@ -72,6 +73,7 @@ class OneStepSR(nn.Module):
         self.tile_latent = tile_latent
         self.tile_overlap = int(tile_overlap)
         self.vae_tile, self.vae_tile_overlap = vae_tile, int(vae_tile_overlap)
+        self.vae_tile_stats = int(vae_tile_stats)  # GroupNorm statistics of tiled passes from the image at this size
         # Colour alignment of every output to the bicubic LQ (train and inference alike): the
         # decoder's low-frequency drift is replaced by the LQ's (colorfix.py); "none": the raw decode.
         self.color_fix = str(color_fix)
@@ -128,7 +130,7 @@ class OneStepSR(nn.Module):
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalised latent of an image in [-1, 1] (over overlapping tiles when larger than ``vae_tile``)."""
-        return self.vae.encode(x, self.vae_sample, generator, self.vae_tile, self.vae_tile_overlap)
+        return self.vae.encode(x, self.vae_sample, generator, self.vae_tile, self.vae_tile_overlap, self.vae_tile_stats)
 
     def model_input(self, img: torch.Tensor) -> torch.Tensor:
         """An image in [0, 1] → [-1, 1], padded at the bottom/right to a size the VAE and denoiser accept.
@@ -157,7 +159,7 @@ class OneStepSR(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] from a normalised latent (the decoder is frozen; tiled beyond ``vae_tile``)."""
-        return self.vae.decode(z, self.vae_tile, self.vae_tile_overlap)
+        return self.vae.decode(z, self.vae_tile, self.vae_tile_overlap, self.vae_tile_stats)
 
     def denoise(self, z_in: torch.Tensor, t: torch.Tensor, cond: Condition,
                 mod_maps: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:

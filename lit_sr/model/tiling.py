@@ -9,7 +9,12 @@ weights, then divided: memory is the output plus one tile's activations, whateve
 
 Networks with GroupNorm (the VAE) would normalise each tile by its own content, and neighbouring
 tiles would differ in colour; :func:`recorded_group_norms` / :func:`fixed_group_norms` let every
-tile use the statistics of one pass over a downscaled copy of the whole image instead.
+tile use the statistics of one pass over a copy of the whole image instead, downscaled only when it
+is larger than the statistics size (``vae_tile_stats``, 1024 px: an image the untiled path
+handles anyway). Statistics from a copy downscaled to the tile's size lose the image's fine
+detail — its variance — and every tile is then normalised too strongly: on the tiny VAE the tiled
+decode agreed with the untiled one to 24.7 dB PSNR that way and 35.3 dB with the whole image's
+statistics (192×256, 64-px tiles; ``tests/test_tiling_quality.py``).
 """
 from __future__ import annotations
 
