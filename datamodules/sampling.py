@@ -39,7 +39,28 @@ def batch_generator(seed: int, draws: Sequence[int], device: torch.device | str 
     return draw_generator(seed, len(draws), *draws, device=device)
 
 
-class EpochSampler(Sampler[int]):
+class ResumableEpoch:
+    """The epoch a sampler is in and how much of it a resumed run skips (``set_epoch`` / ``resume``).
+
+    The skip holds for the whole epoch, not for one ``iter()``: torch's multi-worker loader iterates
+    its sampler twice when it starts. It is dropped when the epoch changes (a resume point belongs
+    to the epoch it was set for).
+    """
+
+    epoch: int = 0
+    _skip: int = 0  # items (or batches) of the current epoch already trained on
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._skip = 0
+        self.epoch = int(epoch)
+
+    def resume(self, epoch: int, done: int) -> None:
+        """Start at position ``done`` of ``epoch`` (a mid-epoch checkpoint)."""
+        self.epoch, self._skip = int(epoch), max(0, int(done))
+
+
+class EpochSampler(ResumableEpoch, Sampler[int]):
     """The draws of each epoch in a seeded order, this rank's shard of them, resumable mid-epoch.
 
     Each epoch is a permutation of ``range(epoch_size)`` seeded by (seed, epoch); rank ``r`` of
@@ -52,19 +73,7 @@ class EpochSampler(Sampler[int]):
             raise ValueError(f"epoch_size={epoch_size} is smaller than the number of ranks ({world_size})")
         self.epoch_size, self.seed = int(epoch_size), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.epoch = 0
-        # Items of the current epoch already trained on (set by resume). It holds for the whole epoch, not for
-        # one iter(): torch's multi-worker loader iterates its sampler twice when it starts.
-        self._skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self._skip = 0  # a resume point belongs to the epoch it was set for
-        self.epoch = int(epoch)
-
-    def resume(self, epoch: int, items_done: int) -> None:
-        """Start at item ``items_done`` of this rank's shard of ``epoch`` (a mid-epoch checkpoint)."""
-        self.epoch, self._skip = int(epoch), max(0, int(items_done))
+        self.epoch, self._skip = 0, 0  # resume() counts items of this rank's shard
 
     def __len__(self) -> int:
         return self.epoch_size // self.world_size

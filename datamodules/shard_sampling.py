@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from datamodules.sampling import draw_generator
+from datamodules.sampling import ResumableEpoch, draw_generator
 
 _SALT = 0x5EED  # keeps the chunk order's draws apart from the crops' (seed, draw) streams
 
@@ -56,23 +56,12 @@ class StreamOrder:
         return block.reshape(-1, self.batch_size)
 
 
-class ShardBatchSampler(Sampler[tuple[int, int]]):
+class ShardBatchSampler(ResumableEpoch, Sampler[tuple[int, int]]):
     """Batch keys ``(epoch, j)`` of this rank's epoch, resumable mid-epoch; Lightning calls :meth:`set_epoch`."""
 
     def __init__(self, batches_per_epoch: int) -> None:
         self.batches = int(batches_per_epoch)
-        self.epoch = 0
-        # Batches of the current epoch already trained on (set by resume). It holds for the whole epoch, not for
-        # one iter(): torch's multi-worker loader iterates its sampler twice when it starts.
-        self._skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self._skip = 0  # a resume point belongs to the epoch it was set for
-        self.epoch = int(epoch)
-
-    def resume(self, epoch: int, batches_done: int) -> None:
-        self.epoch, self._skip = int(epoch), max(0, int(batches_done))
+        self.epoch, self._skip = 0, 0  # resume() counts batches of this rank's epoch
 
     def __len__(self) -> int:
         return self.batches

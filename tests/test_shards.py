@@ -149,8 +149,7 @@ def test_samplers_resume_mid_epoch_at_the_first_untrained_batch_with_any_number_
         whole.set_epoch(2)
         expected = list(whole)[done:]
         sampler = make()
-        sampler.resume(epoch=2, **({"batches_done": done} if isinstance(sampler, ShardBatchSampler) else
-                                   {"items_done": done}))
+        sampler.resume(epoch=2, done=done)  # batches (shards) or items (folders) of this rank's epoch
         sampler.set_epoch(2)  # Lightning, before the resumed epoch
         # A loader with workers starts by iterating its sampler twice: the resume point must survive that.
         seen = list(DataLoader(_Echo(), batch_size=None, sampler=sampler, num_workers=num_workers))
