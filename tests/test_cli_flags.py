@@ -278,3 +278,16 @@ def test_flag_combinations_that_cannot_work_are_one_line(setup, capsys, case, me
     }[case]
     code, err, outs = setup.infer(model, flags, capsys=capsys)
     assert code == 2 and err.startswith(message) and not outs, (code, err)
+
+
+@pytest.mark.parametrize("module", ["lit_sr.evaluate", "lit_sr.studio.__main__"])
+def test_the_other_model_tools_refuse_an_unusable_device_in_one_line(setup, capsys, module, tmp_path):
+    """lit-sr-evaluate and lit-sr-studio take --device too: the same one-line refusal, exit status 2."""
+    main = importlib.import_module(module).main
+    where = ["--lq-dir", str(setup.folder)] if module == "lit_sr.evaluate" else ["--input", str(setup.photo),
+                                                                               "--out", str(tmp_path / "page")]
+    cuda = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    for device, message in ((cuda, "error: device 'cuda"), ("nonsense", "error: unknown device 'nonsense'")):
+        assert main(["--model", str(setup.rgpa), *where, "--device", device]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(message) and "Traceback" not in "\n".join(err), err[-1]
