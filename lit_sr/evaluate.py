@@ -32,6 +32,7 @@ from lit_sr.metrics.suite import METRIC_NAMES, MetricSuite, MetricWeights
 from lit_sr.metrics.sweep import DEFAULT_GAMMAS, KnobSweep, SweepScores, seed_for, seeded
 from lit_sr.metrics.table import LABELS, Table
 from lit_sr.metrics.trend import sweep_trends, trend_lines
+from lit_sr.pipeline import usable_device
 
 log = logging.getLogger("lit_sr.evaluate")
 
@@ -161,7 +162,7 @@ def _describe(suite: MetricSuite, args: argparse.Namespace, what: str, count: in
 
 def evaluate(args: argparse.Namespace) -> Table:
     """Run the evaluation described by parsed CLI arguments; returns the table."""
-    device = torch.device(args.device)
+    device = usable_device(args.device)  # one line, not a traceback, for a device this machine lacks
     hq_dir = _check_dir(args.hq_dir, "--hq-dir")
     for flag, value in (("--max-images", args.max_images), ("--tile", args.tile), ("--auto-tile", args.auto_tile)):
         if value is not None and value < 1:

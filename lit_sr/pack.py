@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from lit_sr.cli import run_main
-from lit_sr.config.compose import compose
+from lit_sr.config.compose import CONF_DIR, compose
 from lit_sr.config.schema import PackConfig
 
 
@@ -32,9 +32,23 @@ def run(overrides: list[str]):
                 part_size=int(cfg.part_size), opts=opts)
 
 
+def usage_text() -> str:
+    """The help: what the command does and every setting of ``conf/pack.yaml`` with its default."""
+    settings = [line for line in (CONF_DIR / "pack.yaml").read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")]
+    about = "\n\n".join(__doc__.split("\n\n")[:2])  # the summary and the example commands
+    return "\n".join(["usage: python -m lit_sr.pack [--help] [key=value ...]", "", about, "",
+                      "settings (conf/pack.yaml; override with key=value):", *(f"  {line}" for line in settings)])
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:
+        print(usage_text())
+        return 0
+
     def body() -> None:
-        report = run(list(sys.argv[1:] if argv is None else argv))
+        report = run(args)
         left = f" (e.g. {report.skipped_examples[0]})" if report.skipped_examples else ""
         print(f"shard set: {report.samples} samples in {report.chunks} chunks, {report.parts} parts "
               f"({report.parts_written} written now), {report.skipped} images left out{left}")

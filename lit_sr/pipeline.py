@@ -33,6 +33,21 @@ from lit_sr.model.generator import OneStepSR
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, or one line saying why it cannot be used here (before any weights load)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise LitSRError(f"unknown device {str(device)!r}: {str(exc).splitlines()[0]}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LitSRError(f"device {str(device)!r}: torch {torch.__version__} sees no CUDA GPU on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LitSRError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LitSRError(f"device {str(device)!r}: MPS is not available on this machine")
+    return dev
+
+
 @dataclass
 class PipelineOutput:
     """What one call made: ``images`` (one dict of 8-bit arrays per input image, see
@@ -61,7 +76,7 @@ class LitSRPipeline:
                 raise LitSRError(f"{name} must be a positive number of pixels or None, got {value!r}")
         self.generator = generator.eval()
         self.config = config
-        self.device = torch.device(device)
+        self.device = usable_device(device)
         self.dtype = DTYPES[precision]
         self.auto_tile = auto_tile
         self.max_output_pixels = max_output_pixels
@@ -87,8 +102,9 @@ class LitSRPipeline:
         # Through the config, so the values meet the same checks as model.tile_latent/vae_tile in a YAML.
         sets += [f"model.{key}={value}" for key, value in (("tile_latent", tile), ("vae_tile", vae_tile))
                  if value is not None]
+        device = usable_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         generator, cfg = load_generator(path, sets)
-        pipe = cls(generator, cfg, device or ("cuda" if torch.cuda.is_available() else "cpu"), precision,
+        pipe = cls(generator, cfg, device, precision,
                    auto_tile=auto_tile, max_output_pixels=max_output_pixels)
         if adapter_weights:
             pipe.set_adapters(list(adapter_weights), list(adapter_weights.values()))

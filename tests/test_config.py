@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lit_sr.config.build import build_component, build_datamodule, build_generator, build_losses
@@ -27,9 +28,25 @@ def _choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def _target_class(node):
+    """The class a ``_target_`` node names (None for a factory function)."""
+    import importlib
+
+    module, _, name = str(node["_target_"]).rpartition(".")
+    target = getattr(importlib.import_module(module), name)
+    return target if isinstance(target, type) else None
+
+
+def _check_built(node, built) -> None:
+    """A built component is an instance of the class its node names, or a factory's non-None result."""
+    cls = _target_class(node)
+    assert isinstance(built, cls) if cls is not None else built is not None, (node["_target_"], type(built))
+
+
 @pytest.mark.parametrize("group,choice", [(g, c) for g in GROUPS for c in _choices(g)
                                           if g not in ("experiment", "extract")])
-def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb, tmp_path):
+def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb, tmp_path, request):
+    """Every choice of every group composes and builds what its file describes (one property checked per group)."""
     overrides = [f"{group}={choice}", *NEEDS.get((group, choice), [])]
     if group == "backbone" and not choice.startswith("tiny"):
         with pytest.raises(ConfigError, match="backbone.path: directory not found: /nonexistent/sd"):
@@ -39,16 +56,30 @@ def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb, tmp_
     node = cfg.get(group)
     if group == "backbone":
         if choice.startswith("tiny"):
-            assert build_component(node).denoiser is not None
+            backbone = build_component(node)
+            assert backbone.denoiser is not None and backbone.latent_channels == (4 if choice == "tiny" else 16)
         else:
             with pytest.raises(WeightsError, match="'(unet|transformer)' folder not found"):
                 build_component(node)  # an existing directory without the diffusers layout
     elif group == "lora":
-        assert build_generator(cfg, tiny_bb).denoiser_adapters
+        assert set(build_generator(cfg, tiny_bb).denoiser_adapters) == set(node.denoiser)
+    elif group == "lora_targets":  # every listed layer name exists in the family's tiny denoiser
+        backbone = request.getfixturevalue("tiny_sd3_bb" if choice == "mmdit" else "tiny_bb")
+        names = [n for n, _ in backbone.denoiser.net.named_modules()]
+        for target in [*node.denoiser, *node.cross_attention]:
+            assert any(n == target or n.endswith("." + target) for n in names), (choice, target)
     elif group == "loss":
-        assert build_losses(cfg)
+        terms = build_losses(cfg)
+        assert terms and set(terms) == {k for k, v in node.terms.items() if v is not None}
+        for name, term in terms.items():
+            _check_built(node.terms[name], term)
     elif group in ("data", "degradation"):
-        assert build_datamodule(cfg) is not None
+        datamodule = build_datamodule(cfg)
+        _check_built(cfg.data, datamodule)
+        _check_built(cfg.degradation, datamodule.degradation)
+        assert datamodule.scale == cfg.degradation.scale and datamodule.crop_size == cfg.data.crop_size
+        if group == "degradation" and "stages" in node:
+            assert [s.name for s in datamodule.degradation.stages] == [s.name for s in node.stages]
     elif group == "system":
         from lit_sr.config.systems import build_system
 
@@ -56,7 +87,8 @@ def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb, tmp_
             with pytest.raises(ConfigError, match="experiment=mem"):
                 build_system(cfg, backbone=tiny_bb)
         else:
-            assert build_system(cfg, backbone=tiny_bb).generator is not None
+            system = build_system(cfg, backbone=tiny_bb)
+            assert system.generator is not None and set(system.losses) == set(build_losses(cfg))
     elif group == "logger":
         import importlib.util
 
@@ -67,19 +99,44 @@ def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb, tmp_
             with pytest.raises(ConfigError, match=f"logger.{choice}: .*{missing[0]}"):
                 build_loggers(cfg)
         else:
-            assert all(lg is not None for lg in build_loggers(cfg))
+            loggers = build_loggers(cfg)
+            nodes = [n for n in (node or {}).values() if n is not None]
+            assert len(loggers) == len(nodes) == {"none": 0, "default": 2}.get(choice, 3)  # none: no logger at all
+            for sub, built in zip(nodes, loggers):
+                _check_built(sub, built)
     elif group == "trainer":
         import lightning
 
         kwargs = OmegaConf.to_container(node)
-        if kwargs["accelerator"] == "cpu":
-            assert lightning.Trainer(**kwargs, logger=False, enable_checkpointing=False).max_steps > 0
+        if kwargs["accelerator"] == "gpu" and not torch.cuda.is_available():
+            with pytest.raises(lightning.fabric.utilities.exceptions.MisconfigurationException, match="gpu"):
+                lightning.Trainer(**kwargs, logger=False, enable_checkpointing=False)
+            kwargs.update(accelerator="cpu", devices=1)  # every other argument still builds a Trainer here
+        trainer = lightning.Trainer(**kwargs, logger=False, enable_checkpointing=False)
+        assert trainer.max_steps == node.max_steps and trainer.precision == node.precision
+    elif group == "scheduler":  # `# @package optim.scheduler`: a partial taking the optimizer
+        factory = build_component(cfg.optim.scheduler)
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        schedule = factory(optimizer)
+        warmup = int(cfg.optim.scheduler.num_warmup_steps)
+        rates = []
+        for _ in range(warmup + 2):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        assert rates[warmup] == pytest.approx(1.0, abs=1e-3)  # the full rate when the warm-up ends
+        if warmup:
+            assert rates[0] == 0.0 and rates[warmup // 2] == pytest.approx(0.5, abs=0.01)
+    elif group == "tmg":  # `# @package _global_`: text conditioning, the CoMat term and the mask cache
+        assert node is None and cfg.conditioning._target_.endswith("TextConditioner")
+        assert type(build_losses(cfg)["comat"]).__name__ == "CoMatLoss" and cfg.data.mask_cache
     elif node is not None and "_target_" in node:
-        assert build_component(node) is not None
-    elif node is not None:  # groups of nested component nodes (callbacks, tmg snippets)
-        for sub in node.values():
-            if sub is not None and "_target_" in sub:
-                assert build_component(sub) is not None
+        _check_built(node, build_component(node))
+    else:  # groups of nested component nodes (callbacks, checkpoint)
+        subs = {k: v for k, v in node.items() if v is not None and "_target_" in v}
+        assert subs and len(subs) == len(node), f"{group}={choice}: every entry is a component node"
+        for sub in subs.values():
+            _check_built(sub, build_component(sub))
 
 
 def test_unknown_key_fails_with_one_line_naming_it():

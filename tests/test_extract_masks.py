@@ -199,3 +199,23 @@ def test_help_lists_the_groups_and_exits_0(capsys):
     assert "noise:" not in out  # training's groups are not this job's
     assert main(["--cfg", "tagger=file", "tagger.path=tags.csv", "grounding=tiny"]) == 0
     assert "tiny_grounded_sam2" in capsys.readouterr().out
+
+
+def test_main_runs_the_job_prints_the_counts_and_reports_bad_config_in_one_line(photos, tmp_path, capsys):
+    """``main(argv)``, as ``python -m lit_sr.extract_masks`` calls it: the summary line, then a resume; a bad
+    override or a missing tag file is one ``error:`` line with exit status 2."""
+    from lit_sr.extract_masks import main
+
+    root, tags = photos
+    args = _args(root, tags, tmp_path / "cache")
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        "mask cache: 3 written, 0 already cached, 1 unreadable, 3 entries"
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        "mask cache: 0 written, 3 already cached, 1 unreadable, 3 entries"
+    for bad, message in ((["max_nounz=3"], "unknown config key 'max_nounz'"),
+                         ([f"tagger.path={tmp_path / 'missing.csv'}"], "missing.csv")):
+        assert main([*args, *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err), err[-1]

@@ -1,4 +1,4 @@
-"""Fidelity–realism curve: hypervolume math, knob/γ sweeps, the callback's files and logged values."""
+"""Fidelity–realism curve: hypervolume math, knob/γ sweeps, the callback's files and logged values, real runs."""
 from __future__ import annotations
 
 import csv
@@ -262,3 +262,176 @@ def test_niqe_on_too_small_validation_crops_fails_at_compose():
     compose(["callbacks=fr_curve", "noise=rgpa", "data.val_crop=192"])
     compose(["callbacks=fr_curve", "noise=rgpa", "data.val_crop=128", "callbacks.fr_curve.realism=ssim",
              "callbacks.fr_curve.metrics=[psnr]", "callbacks.fr_curve.reference=[10,0]"])
+
+
+# ------------------------------------------------------------------------------ real models, real bookkeeping
+
+# A short train.py run with the curve callback: tiny backbone, PSNR (fidelity) against SSIM (realism).
+CURVE_RUN = ["backbone=tiny", "callbacks=fr_curve", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+             "data.batch_size=1", "data.crop_size=32", "data.val_crop=64", "val.metrics=[psnr]",
+             "val.num_sample_images=0", "export.enabled=false", "callbacks.fr_curve.metrics=[psnr,ssim]",
+             "callbacks.fr_curve.realism=ssim", "callbacks.fr_curve.reference=[10,0]",
+             "callbacks.fr_curve.max_images=2"]
+
+
+class CurveSpy:
+    """Records, while the curve callback measures, every generator pass (knob, t, endpoint, SR image)
+    and every image the scores see — through the real classes, nothing replaced."""
+
+    def __init__(self, monkeypatch) -> None:
+        from lit_sr.metrics.sweep import SweepScores
+        from lit_sr.model.generator import OneStepSR
+
+        self.active, self.measures = False, []  # one entry per curve run: {"step", "passes", "scored"}
+        spy = self
+        measure, step, endpoint_step, add = (FidelityRealismCurve.measure, OneStepSR.step, OneStepSR.endpoint_step,
+                                             SweepScores.add)
+
+        def measure_spy(curve, trainer, pl_module):
+            spy.measures.append({"step": trainer.global_step, "passes": [], "scored": [], "endpoint": []})
+            spy.active = True
+            try:
+                return measure(curve, trainer, pl_module)
+            finally:
+                spy.active = False
+
+        def step_spy(gen, lq, knob=None, *args, **kwargs):
+            out = step(gen, lq, knob, *args, **kwargs)
+            if spy.active:
+                spy.measures[-1]["passes"].append((knob, out.t.tolist(), out.sr.detach().clone()))
+            return out
+
+        def endpoint_spy(gen, name, *args, **kwargs):
+            if spy.active:
+                spy.measures[-1]["endpoint"].append(name)
+            return endpoint_step(gen, name, *args, **kwargs)
+
+        def add_spy(scores, index, sr, hq, name=""):
+            if spy.active:
+                spy.measures[-1]["scored"].append((index, sr.detach().clone(), hq.detach().clone()))
+            return add(scores, index, sr, hq, name)
+
+        monkeypatch.setattr(FidelityRealismCurve, "measure", measure_spy)
+        monkeypatch.setattr(OneStepSR, "step", step_spy)
+        monkeypatch.setattr(OneStepSR, "endpoint_step", endpoint_spy)
+        monkeypatch.setattr(SweepScores, "add", add_spy)
+
+
+def _psnr_y(sr: torch.Tensor, hq: torch.Tensor, border: int = 4) -> float:
+    """PSNR on BT.601 Y (BasicSR's protocol: Y in [16, 235], scale-wide border crop), written out here."""
+    def y(img):
+        img = img.double().clamp(0, 1)
+        return (16 + 65.481 * img[:, 0] + 128.553 * img[:, 1] + 24.966 * img[:, 2]) / 255
+
+    diff = (y(sr) - y(hq))[:, border:-border, border:-border]
+    return float(-10 * torch.log10(diff.square().mean()))
+
+
+def _hypervolume_max(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by ``points`` (both coordinates higher-is-better) above ``ref``: a sweep in x."""
+    area, best_y = 0.0, ref[1]
+    ordered = sorted((p for p in points if p[0] > ref[0] and p[1] > ref[1]), reverse=True)
+    for (x, y), nxt in zip(ordered, [*(p[0] for p in ordered[1:]), ref[0]]):
+        best_y = max(best_y, y)
+        area += (x - nxt) * (best_y - ref[1])
+    return area
+
+
+def _curve_files(run_dir) -> tuple[list[dict], dict, list[dict]]:
+    """The curve's CSV rows and JSON of its only step, and the run's metrics.csv rows."""
+    stems = sorted(p.stem for p in (run_dir / "curves").glob("step*.json"))
+    assert len(stems) == 1, stems
+    with open(run_dir / "curves" / f"{stems[0]}.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    payload = json.loads((run_dir / "curves" / f"{stems[0]}.json").read_text())
+    with open(run_dir / "csv" / "metrics.csv", newline="") as fh:
+        logged = list(csv.DictReader(fh))
+    return rows, payload, logged
+
+
+def _check_rows_scores_and_hypervolume(spy_run: dict, rows: list[dict], payload: dict, logged: list[dict],
+                                       labels: list[str]) -> None:
+    """Each row's PSNR is the mean over the scored images, the hypervolume is that of the rows, and both
+    are what the run logged at the curve's step."""
+    assert [r["label"] for r in rows] == labels
+    by_point: dict[int, list[float]] = {}
+    for index, sr, hq in spy_run["scored"]:
+        by_point.setdefault(index, []).append(_psnr_y(sr, hq))
+    assert sorted(by_point) == list(range(len(labels))) and all(len(v) == 2 for v in by_point.values())  # max_images
+    psnr = [float(r["psnr"]) for r in rows]
+    ssim = [float(r["ssim"]) for r in rows]
+    assert psnr == pytest.approx([sum(v) / len(v) for _, v in sorted(by_point.items())], rel=1e-9)
+    expected_hv = _hypervolume_max(list(zip(psnr, ssim)), (10.0, 0.0))
+    assert expected_hv > 0 and payload["hypervolume"] == pytest.approx(expected_hv, rel=1e-9)
+    at_step = [r for r in logged if r.get("curve/hypervolume")]
+    assert len(at_step) == 1  # logged once: by the one curve run
+    assert float(at_step[0]["curve/hypervolume"]) == pytest.approx(expected_hv, rel=1e-5)
+    for label, value in zip(labels, psnr):
+        assert float(at_step[0][f"curve/psnr@{label}"]) == pytest.approx(value, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_rgpa_curve_in_a_real_run_sweeps_its_t_values_once_every_second_epoch(tmp_path, monkeypatch):
+    """RGPA's sweep t ∈ {50, …, 400} reaches the generator as those timesteps; with every_n_epochs=2 the curve
+    runs once, at the first validation of epoch 1, and its rows, hypervolume and logged values agree."""
+    import train
+
+    spy = CurveSpy(monkeypatch)
+    trainer = train.run([*CURVE_RUN, "noise=rgpa", f"run_dir={tmp_path}", "data.epoch_size=2",
+                         "trainer.max_steps=6", "trainer.val_check_interval=1", "callbacks.fr_curve.every_n_epochs=2"])
+    assert trainer.global_step == 6
+    assert [m["step"] for m in spy.measures] == [3]  # validations at steps 1-6: only epoch 1's first one
+    curve = next(c for c in trainer.callbacks if isinstance(c, FidelityRealismCurve))
+    assert curve._last_epoch == 1 and [(h["step"], h["epoch"]) for h in curve.history] == [(3, 1)]
+    assert json.loads((tmp_path / "curves" / "history.json").read_text()) == curve.history
+    run = spy.measures[0]
+    knobs = [50, 100, 200, 300, 400]
+    assert [p[0] for p in run["passes"]] == knobs * 2  # two images, every knob once each
+    assert all(t == [k] for k, t, _ in run["passes"])  # the knob is the timestep the pass ran at
+    assert all(torch.equal(sr, p[2]) for (_, sr, _), p in zip(run["scored"], run["passes"]))  # scored as generated
+    rows, payload, logged = _curve_files(tmp_path)
+    assert [int(r["knob"]) for r in rows] == knobs and {int(r["step"]) for r in rows} == {3}
+    _check_rows_scores_and_hypervolume(run, rows, payload, logged, [str(k) for k in knobs])
+    assert len({r["psnr"] for r in rows}) == len(knobs)  # every t gives another image
+
+
+def test_ldg_curve_in_a_real_run_sweeps_the_group_timesteps(tmp_path, monkeypatch):
+    """LDG's curve sweeps its calibrated groups' t ∈ {250, 500, 750} at every validation (every_n_epochs=null)."""
+    import train
+
+    spy = CurveSpy(monkeypatch)
+    trainer = train.run([*CURVE_RUN, "noise=ldg", "noise.grouping=quantile", f"run_dir={tmp_path}",
+                         "data.epoch_size=8", "trainer.max_steps=2", "trainer.val_check_interval=2"])
+    assert [m["step"] for m in spy.measures] == [2]
+    curve = next(c for c in trainer.callbacks if isinstance(c, FidelityRealismCurve))
+    assert [h["step"] for h in curve.history] == [2]
+    run = spy.measures[0]
+    assert [(p[0], p[1]) for p in run["passes"]] == [(t, [t]) for t in (250, 500, 750)] * 2
+    rows, payload, logged = _curve_files(tmp_path)
+    assert [r["knob"] for r in rows] == ["250", "500", "750"]
+    _check_rows_scores_and_hypervolume(run, rows, payload, logged, ["250", "500", "750"])
+
+
+def test_ifcsr_curve_in_a_real_run_blends_its_two_trained_endpoints_at_each_gamma(tmp_path, monkeypatch):
+    """IFCSR's curve computes the fidelity and realism endpoints once per image and scores (1-γ)·x_fid + γ·x_real
+    for γ = 0, 0.25, …, 1; the realism endpoint differs from the fidelity one after its stage trained."""
+    import train
+
+    spy = CurveSpy(monkeypatch)
+    trainer = train.run([*CURVE_RUN, "experiment=ifcsr", f"run_dir={tmp_path}", "stages.0.steps=1", "optim.lr=1e-3",
+                         "data.epoch_size=4", "trainer.max_steps=2", "trainer.val_check_interval=2"])
+    assert trainer.lightning_module.stage_index == 1 and [m["step"] for m in spy.measures] == [2]
+    run = spy.measures[0]
+    assert run["endpoint"] == ["fidelity", "realism"] * 2  # once per image, whatever the number of γ
+    gammas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(knob is None and t == [999] for knob, t, _ in run["passes"])  # uniform noise: no knob, t = 999
+    for image in range(2):
+        x_fid, x_real = run["passes"][2 * image][2], run["passes"][2 * image + 1][2]
+        assert (x_fid - x_real).abs().max() > 1e-4
+        scored = run["scored"][len(gammas) * image:len(gammas) * (image + 1)]
+        assert [index for index, _, _ in scored] == list(range(len(gammas)))
+        for gamma, (_, sr, _) in zip(gammas, scored):
+            torch.testing.assert_close(sr, (1 - gamma) * x_fid + gamma * x_real, rtol=0, atol=1e-6)
+    rows, payload, logged = _curve_files(tmp_path)
+    assert [float(r["gamma"]) for r in rows] == gammas and [p["gamma"] for p in payload["points"]] == gammas
+    _check_rows_scores_and_hypervolume(run, rows, payload, logged, ["g0", "g0.25", "g0.5", "g0.75", "g1"])

@@ -190,6 +190,7 @@ def test_calibration_takes_min_max_or_equal_population_edges(caplog):
     assert "t=750 (0.0%), t=500 (0.0%)" in caplog.text and "grouping=quantile" in caplog.text
 
 
+@pytest.mark.slow
 def test_training_calibrates_once_caches_exports_and_resumes_with_the_same_groups(tmp_path, caplog):
     import csv
 

@@ -66,6 +66,7 @@ class _Payload:
         return (Path.write_text, (self.marker, "pwned"))
 
 
+@pytest.mark.slow
 def test_a_pickle_payload_is_refused_by_every_entry_point(tmp_path):
     marker = tmp_path / "executed"
     evil = tmp_path / "evil.ckpt"

@@ -23,6 +23,7 @@ def _train(run_dir: Path, *args: str, timeout: int = 600) -> subprocess.Complete
     return proc
 
 
+@pytest.mark.slow
 def test_short_run_writes_checkpoint_adapter_samples_metrics(tmp_path):
     _train(tmp_path, "trainer.max_steps=4", "trainer.val_check_interval=2")
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()

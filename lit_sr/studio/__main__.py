@@ -29,6 +29,7 @@ from lit_sr.cli import run_main
 from lit_sr.config.loading import load_generator
 from lit_sr.errors import ImageLoadError, LitSRError
 from lit_sr.metrics.sweep import seeded
+from lit_sr.pipeline import usable_device
 from lit_sr.studio.page import write_page
 
 log = logging.getLogger("lit_sr.studio")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> Path:
     if not noise.has_knob and not generator.has_endpoints:
         raise LitSRError(f"{args.model} has no fidelity-realism control to show: its noise strategy "
                          f"({type(noise).__name__}) has no knob and it has no endpoints")
-    device = torch.device(args.device)
+    device = usable_device(args.device)  # one line, not a traceback, for a device this machine lacks
     generator.to(device).eval()
     lq = lq.to(device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
