@@ -20,6 +20,16 @@ Parts (``--parts``, default all):
   random weights built in memory), ``backbone=tiny_sd3``'s config with ``experiment=osediff``.
   Its naive baseline keeps diffusers' joint-attention processor (SDPA; diffusers has no
   explicit-softmax one for joint attention), so the SDPA row is left out;
+* ``fast``: the same SD-2.1-base generator (``--size`` LQ) in one run: naive, today's fast path
+  (SDPA + fused LoRA + bf16 + channels-last), + a distilled decoder, + a distilled encoder (the
+  small VAE halves of :mod:`lit_sr.model.small_vae` at ``SD_DISTILLED`` widths, random weights:
+  their speed does not depend on what they learnt), and the fused fp32 pass with both distilled
+  halves exported to ONNX (``torch.onnx`` dynamo exporter) and run by ONNX Runtime on the same
+  threads; time ratios against naive, and the analytic FLOPs of each part (encoder, denoiser,
+  decoder; full vs distilled) at this size and at 512² output (``lit_sr.model.flops``);
+* ``fast-4k``: peak memory of the distilled decoder at a 3840×2160 output, untiled and tiled
+  (``vae_tile=512``), fp32 and bf16 autocast, traced with fake tensors beside the full decoder's
+  (:mod:`lit_sr.model.tracing`);
 * ``vae-fake``: peak memory of the SD-size VAE encoder + decoder (``OneStepSR.encode`` and
   ``decode``, no gradient) at 512², 2048² and 4096² output, untiled vs tiled
   (``vae_tile=512``, default overlap), traced with fake tensors (:mod:`lit_sr.model.tracing`;
@@ -32,7 +42,7 @@ Parts (``--parts``, default all):
 Prints tables and writes JSON (``--out``, default benchmarks/results/inference.json). Quote
 ratios from one run; absolute times depend on the machine and its load.
 
-    python benchmarks/inference.py [--parts tiny speed vae-fake vae-real] [--size 64] [--repeats 3]
+    python benchmarks/inference.py [--parts tiny speed fast fast-4k vae-fake vae-real] [--size 64] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -53,7 +63,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MiB, GB = 2**20, 1e9
-PARTS = ("tiny", "speed", "speed-sd35", "vae-fake", "vae-real")
+PARTS = ("tiny", "speed", "fast", "fast-4k", "speed-sd35", "vae-fake", "vae-real")
+FAST = {"sdpa", "fuse", "bf16", "channels_last"}  # today's fast path (every option but compile)
+# The distilled halves' widths at SD size (docs/inference.md; distill.decoder.* / distill.encoder.*).
+SD_DISTILLED = {"decoder": {"width": 128, "depth": 2, "min_width": 32}, "encoder": {"width": 64, "depth": 2, "min_width": 16}}
 SINGLE = ("sdpa", "fuse", "bf16", "channels_last", "compile")
 COMPILE_BACKEND = "inductor"  # gpu.py --dry-run: aot_eager (the same wrapping, no code generation)
 
@@ -254,6 +267,123 @@ def compile_worker(size: int, repeats: int) -> dict:
     return rows
 
 
+def distilled_parts(generator, widths: dict | None = None) -> dict:
+    """Random-weight small VAE halves for ``generator``'s latent layout (their speed is their architecture's)."""
+    from lit_sr.model.small_vae import SmallDecoder, SmallEncoder
+
+    vae, widths = generator.vae, widths or SD_DISTILLED
+    torch.manual_seed(0)
+    return {"decoder": SmallDecoder(vae.channels, vae.factor, **widths["decoder"]).eval(),
+            "encoder": SmallEncoder(vae.channels, vae.factor, **widths["encoder"]).eval()}
+
+
+def part_flops(pipe, parts: dict, size: int) -> dict:
+    """Analytic FLOPs of the encoder, the denoiser and the decoder (full and distilled) for a size² output."""
+    from lit_sr.model.flops import count_flops
+
+    g = pipe.generator
+    f, c = g.vae.factor, g.vae.channels
+    lat = size // f
+    with torch.no_grad():
+        cond = g.conditioner(torch.zeros(1, 3, g.size_multiple, g.size_multiple), {"path": ["x"]})
+    t = torch.full((1,), 999, dtype=torch.long)
+    return {"size": size,
+            "encoder_full": count_flops(g.vae.encode, (1, 3, size, size)),
+            "encoder_distilled": count_flops(parts["encoder"], (1, 3, size, size)),
+            "denoiser": count_flops(lambda z: g.denoise(z, t, cond), (1, c, lat, lat)),
+            "decoder_full": count_flops(g.vae.decode, (1, c, lat, lat)),
+            "decoder_distilled": count_flops(parts["decoder"], (1, c, lat, lat))}
+
+
+def part_fast(size: int, repeats: int, onnx: bool) -> dict:
+    """Naive, fast, + distilled decoder, + distilled encoder, ONNX Runtime: one generator, one run."""
+    t0 = time.perf_counter()
+    pipe = sd21_pipeline()
+    load_s = time.perf_counter() - t0
+    g = pipe.generator
+    parts = distilled_parts(g)
+    lq = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    rows: dict = {}
+
+    def row(name: str, opts: set, decoder: bool = False, encoder: bool = False) -> None:
+        configure(pipe, opts)
+        g.distilled_decoder = parts["decoder"] if decoder else None
+        g.distilled_encoder = parts["encoder"] if encoder else None
+        fmt = torch.channels_last if "channels_last" in opts else torch.contiguous_format
+        for m in parts.values():
+            m.to(memory_format=fmt)
+        rows[name] = time_pipe(pipe, lq, repeats)
+        print(f"  {name:<34} {rows[name]['median_s']:8.2f} s", flush=True)
+
+    row("naive", set())
+    row("fast", FAST)
+    row("fast+distilled_decoder", FAST, decoder=True)
+    row("fast+distilled_decoder+encoder", FAST, decoder=True, encoder=True)
+    flops = {s: part_flops(pipe, parts, s) for s in dict.fromkeys([size * 4, 512])}
+    onnx_info: dict = {"status": "skipped", "reason": "--no-onnx"}
+    if onnx:
+        onnx_info = _onnx_row(pipe, parts, lq, repeats, rows)
+    configure(pipe, set())
+    base = rows["naive"]["median_s"]
+    for r in rows.values():
+        r["speedup_vs_naive"] = base / r["median_s"]
+    return {"lq": size, "out": size * 4, "repeats": repeats, "load_s": load_s, "rows": rows, "flops": flops,
+            "distilled": SD_DISTILLED, "onnx": onnx_info,
+            "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in parts.items()}}
+
+
+def _onnx_row(pipe, parts: dict, lq: torch.Tensor, repeats: int, rows: dict) -> dict:
+    """The fused fp32 pass with both distilled halves as an ONNX graph, timed in ONNX Runtime."""
+    import tempfile
+
+    from lit_sr.export_onnx import export_graph
+    from lit_sr.onnx_pipeline import OnnxPipeline
+
+    g = pipe.generator
+    configure(pipe, {"sdpa", "fuse"})
+    g.distilled_decoder, g.distilled_encoder = parts["decoder"], parts["encoder"]
+    for m in parts.values():
+        m.to(memory_format=torch.contiguous_format)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sd21.onnx"
+        try:
+            meta = export_graph(g, path, info={"what": "benchmark"}, what="the SD-2.1-size generator")
+        except Exception as exc:  # noqa: BLE001 - a failed export is a result, reported in the table
+            return {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        ox = OnnxPipeline(path, threads=torch.get_num_threads(), auto_tile=None)
+        rows["onnx_runtime (fp32, distilled decoder+encoder)"] = time_pipe(ox, lq, repeats)
+        print(f"  {'onnx_runtime':<34} {rows['onnx_runtime (fp32, distilled decoder+encoder)']['median_s']:8.2f} s "
+              f"(export {meta['export_s']:.0f} s, max |ORT - torch| {meta['check']['max_abs_diff']:.1e})", flush=True)
+    return {"status": "ran", "export_s": meta["export_s"], "max_abs_diff": meta["check"]["max_abs_diff"]}
+
+
+def part_fast_4k(tile: int, height: int = 2160, width: int = 3840) -> dict:
+    """Peak live bytes of decoding a 4K output: the distilled decoder vs the full one, untiled and tiled."""
+    from lit_sr.model.tracing import PeakTracker, fake_mode, sd21_backbone
+
+    rows = []
+    with fake_mode():
+        g = _vae_generator(sd21_backbone(torch.float32, text_layers=1), None, None)
+        small = distilled_parts(g)["decoder"]
+        z = torch.zeros(1, g.vae.channels, height // g.vae.factor, width // g.vae.factor)
+        for bf16 in (False, True):
+            for decoder in ("full", "distilled"):
+                g.distilled_decoder = small if decoder == "distilled" else None
+                row = {"decoder": decoder, "precision": "bf16-autocast" if bf16 else "fp32"}
+                for name, vae_tile in (("untiled", None), ("tiled", tile)):
+                    g.vae_tile = vae_tile
+                    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+                    tracker = PeakTracker()
+                    with torch.no_grad(), cast, tracker:
+                        g.decode(z)
+                    row[f"{name}_peak_bytes"] = tracker.peak
+                rows.append(row)
+                print(f"  {width}x{height} {decoder:<9} {row['precision']:<13} untiled "
+                      f"{row['untiled_peak_bytes'] / GB:6.2f} GB  tiled {row['tiled_peak_bytes'] / GB:6.2f} GB", flush=True)
+    return {"h": height, "w": width, "vae_tile": tile, "rows": rows,
+            "what": "live bytes of activations during OneStepSR.decode (no gradient), weights not included"}
+
+
 def _vae_generator(backbone, tile: int | None, overlap: int | None):
     from lit_sr.model.adapters import OSEDIFF_VAE_TARGETS
     from lit_sr.model.conditioning.null import NullConditioner
@@ -344,6 +474,32 @@ def tables(results: dict) -> str:
             out.append(f"| {name} | {r['median_s']:.2f} | {r['speedup_vs_naive']:.2f}× |")
         if s["compile"].get("status") == "skipped":
             out.append(f"torch.compile: skipped — {s['compile']['reason']}")
+    if "fast" in results:
+        s = results["fast"]
+        out += [f"\nSD-2.1-base size, CPU ({s['threads']} threads), {s['lq']}² LQ → {s['out']}², median of "
+                f"{s['repeats']} after a warm-up, one run; fast = sdpa+fuse+bf16+channels_last; distilled halves at "
+                f"{s['distilled']} ({s['parameters']['decoder']:,} / {s['parameters']['encoder']:,} parameters)",
+                "| configuration | median s | speed-up vs naive |", "|---|---:|---:|"]
+        for name, r in s["rows"].items():
+            out.append(f"| {name} | {r['median_s']:.2f} | {r['speedup_vs_naive']:.2f}× |")
+        if s["onnx"].get("status") != "ran":
+            out.append(f"ONNX Runtime: {s['onnx']['status']} — {s['onnx'].get('reason', '')}")
+        out += ["", "| analytic GFLOP (output) | encoder full | encoder distilled | denoiser | decoder full | "
+                "decoder distilled | pass full | pass distilled |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for size, fl in s["flops"].items():
+            full = fl["encoder_full"] + fl["denoiser"] + fl["decoder_full"]
+            small = fl["encoder_distilled"] + fl["denoiser"] + fl["decoder_distilled"]
+            out.append(f"| {size}² | {fl['encoder_full'] / 1e9:.1f} | {fl['encoder_distilled'] / 1e9:.1f} | "
+                       f"{fl['denoiser'] / 1e9:.1f} | {fl['decoder_full'] / 1e9:.1f} | {fl['decoder_distilled'] / 1e9:.1f} | "
+                       f"{full / 1e9:.1f} | {small / 1e9:.1f} ({full / small:.1f}× fewer) |")
+    if "fast_4k" in results:
+        v = results["fast_4k"]
+        out += [f"\ndecoding a {v['w']}×{v['h']} output at SD-2.1 size: peak activations (fake tensors), "
+                f"untiled vs tiled (vae_tile={v['vae_tile']})",
+                "| decoder | precision | untiled GB | tiled GB |", "|---|---|---:|---:|"]
+        for r in v["rows"]:
+            out.append(f"| {r['decoder']} | {r['precision']} | {r['untiled_peak_bytes'] / GB:.2f} | "
+                       f"{r['tiled_peak_bytes'] / GB:.2f} |")
     if "speed_sd35" in results:
         s = results["speed_sd35"]
         out += [f"\nSD3.5-medium width ({s['layers']} of 24 MM-DiT blocks), CPU ({s['threads']} threads), "
@@ -376,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile-timeout", type=int, default=300, help="seconds for the torch.compile child")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row of the fast part")
     ap.add_argument("--sd35-layers", type=int, default=4, help="MM-DiT blocks of the speed-sd35 part (published: 24)")
     ap.add_argument("--vae-tile", type=int, default=512, help="vae_tile of the fake-tensor VAE part")
     ap.add_argument("--real-sizes", nargs="+", type=int, default=[256, 512, 768])
@@ -410,6 +567,15 @@ def main(argv: list[str] | None = None) -> int:
         print("speed (SD-2.1-base size):", flush=True)
         results["speed"] = part_speed(args.size, args.repeats, 0 if args.no_compile else args.compile_timeout)
         results["speed"]["threads"] = torch.get_num_threads()
+        save()
+    if "fast" in args.parts:
+        print("fast one-step inference (SD-2.1-base size):", flush=True)
+        results["fast"] = part_fast(args.size, args.repeats, not args.no_onnx)
+        results["fast"]["threads"] = torch.get_num_threads()
+        save()
+    if "fast-4k" in args.parts:
+        print("4K decode peak, fake tensors:", flush=True)
+        results["fast_4k"] = part_fast_4k(args.vae_tile)
         save()
     if "speed-sd35" in args.parts:
         print("speed (SD3.5-medium width):", flush=True)

@@ -111,6 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--tile", type=int, default=None, help="latent tile size for large images")
+    p.add_argument("--decoder", choices=["full", "distilled"], default="full",
+                   help="--model mode: the model's VAE decoder or the one distilled from it (experiment=distill_vae)")
+    p.add_argument("--encoder", choices=["full", "distilled"], default="full",
+                   help="--model mode: the model's VAE encoder or the one distilled from it")
     p.add_argument("--auto-tile", type=int, default=None, metavar="LATENT_PIXELS",
                    help="tile images whose latent has more pixels than this, as lit-sr-infer does (default: off, "
                         f"scores are of the untiled model; lit-sr-infer's default is {DEFAULT_AUTO_TILE})")
@@ -189,7 +193,7 @@ def _evaluate_model(args: argparse.Namespace, lq_dir: Path, hq_dir: Path | None,
 
     overrides = list(args.set) + ([f"model.scale={args.scale}"] if args.scale is not None else [])
     overrides += [f"model.tile_latent={args.tile}"] if args.tile is not None else []  # checked like the config's
-    generator, _ = load_generator(args.model, overrides)
+    generator, _ = load_generator(args.model, overrides, decoder=args.decoder, encoder=args.encoder)
     generator.to(device).eval()
     sweep = KnobSweep.for_generator(generator, args.knobs, args.gammas)
     scale = generator.scale

@@ -91,6 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="report folder (default: <model>/../heldout)")
     p.add_argument("--knobs", nargs="+", default=None, help="knob values (default: the model's sweep)")
     p.add_argument("--scale", type=int, default=4, help="SR factor of the held-out pairs")
+    p.add_argument("--decoder", choices=["full", "distilled"], default="full",
+                   help="the model's VAE decoder or the one distilled from it (experiment=distill_vae)")
+    p.add_argument("--encoder", choices=["full", "distilled"], default="full",
+                   help="the model's VAE encoder or the one distilled from it")
     return p.parse_args(argv)
 
 
@@ -110,6 +114,7 @@ def run(args: argparse.Namespace) -> list[str]:
                  "--csv", str(out / "table.csv"), "--per-image", str(out / "per_image.csv")]
     if args.knobs:
         eval_args += ["--knobs", *args.knobs]
+    eval_args += ["--decoder", args.decoder, "--encoder", args.encoder]
     table = evaluate.evaluate(evaluate.parse_args(eval_args))
     text = table.markdown()
     for path, content in ((out / "table.md", text), (out / "table.csv", table.csv())):

@@ -10,7 +10,10 @@ whose output would exceed ``--max-output-pixels`` are reported and skipped; the 
 and the run then ends with one ``error:`` line and exit status 2. Large images run over tiles
 automatically (``--auto-tile``, :mod:`lit_sr.autotile`). A progress bar counts images (and the
 tiles of a tiled pass); without a terminal, one log line per image and per tiled pass instead.
-Each written file is one log line with the timestep it ran at. ``--batch-size N`` runs up to N
+Each written file is one log line with the timestep it ran at. ``--decoder distilled`` /
+``--encoder distilled`` swap in the small VAE halves an ``experiment=distill_vae`` run added to the
+export; ``--runtime onnx`` runs the export's ONNX graph (``python -m lit_sr.export_onnx``) with
+ONNX Runtime instead of PyTorch. ``--batch-size N`` runs up to N
 consecutive images of equal size in one pass (the noise some strategies draw is then seeded once
 per batch, not per image). No output is ever written over an input file.
 """
@@ -81,6 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="images of equal size run together, up to this many (a folder of equal-size images)")
     p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
                    help="progress bars on stderr (auto: when it is a terminal)")
+    p.add_argument("--decoder", choices=["full", "distilled"], default="full",
+                   help="VAE decoder: the model's (full) or the small one distilled from it (experiment=distill_vae)")
+    p.add_argument("--encoder", choices=["full", "distilled"], default="full",
+                   help="VAE encoder: the model's (full) or the small one distilled from it (experiment=distill_vae)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="torch, or ONNX Runtime on the graph python -m lit_sr.export_onnx wrote into the export folder")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -176,22 +185,15 @@ def run(args: argparse.Namespace) -> RunStats:
     suffixes = [f"_g{g:g}" for g in args.gamma] if args.gamma is not None else ["_region" if args.gamma_map else ""]
     weights = dict(_name_weight(item) for item in args.adapter_weights or [])
     plan, others = plan_outputs(src, out_dir, suffixes, args.overwrite)
-    overrides = list(args.set) + ([f"model.scale={args.scale}"] if args.scale is not None else [])
-    if args.tile_overlap is not None:
-        overrides.append(f"model.tile_overlap={args.tile_overlap}")
-    pipe = LitSRPipeline.from_pretrained(args.model, device=args.device, precision=args.precision, overrides=overrides,
-                                         tile=args.tile, vae_tile=args.vae_tile, fuse=args.fuse,
-                                         channels_last=args.channels_last, compile=args.compile,
-                                         adapter_weights=weights, auto_tile=args.auto_tile,
-                                         max_output_pixels=args.max_output_pixels)
-    if (args.gamma is not None or gamma_map is not None) and not pipe.generator.has_endpoints:
+    pipe = _pipeline(args, weights)
+    if (args.gamma is not None or gamma_map is not None) and not pipe.has_endpoints:
         raise LitSRError(f"{'--gamma' if args.gamma is not None else '--gamma-map'} needs a model with "
                          "fidelity/realism endpoints (IFCSR)")
-    pipe.generator.noise.parse_knob(args.knob)  # a bad knob fails before the first image
+    pipe.parse_knob(args.knob)  # a bad knob fails before the first image
     stats = RunStats(skipped=others)
     disable = {"auto": None, "always": False, "never": True}[args.progress]  # None: tqdm's own TTY check
     lines = args.progress == "auto" and not sys.stderr.isatty()  # no bars: a log line per image and tiled pass
-    scale = pipe.generator.scale
+    scale = pipe.scale
     done = 0
     with tqdm(total=len(plan), unit="img", desc="images", disable=disable, dynamic_ncols=True) as bar, \
             TileBar(disable, lines) as tiles, logging_redirect_tqdm():
@@ -216,6 +218,36 @@ def run(args: argparse.Namespace) -> RunStats:
     log.info("wrote %d images to %s; skipped %d non-image files; %d images failed", stats.written, out_dir,
              stats.skipped, stats.failed)
     return stats
+
+
+# PyTorch-runtime options an ONNX graph cannot take (it is fused, fp32 and fixed at export).
+TORCH_ONLY = (("--precision", lambda a: a.precision != "fp32"), ("--fuse", lambda a: a.fuse),
+              ("--channels-last", lambda a: a.channels_last), ("--compile", lambda a: a.compile),
+              ("--adapter-weights", lambda a: a.adapter_weights), ("--set", lambda a: a.set),
+              ("--scale", lambda a: a.scale is not None), ("--vae-tile", lambda a: a.vae_tile is not None))
+
+
+def _pipeline(args: argparse.Namespace, weights: dict[str, float]):
+    """The PyTorch pipeline, or the ONNX Runtime one with the same interface (``--runtime onnx``)."""
+    if args.runtime == "onnx":
+        used = [flag for flag, given in TORCH_ONLY if given(args)]
+        if used:
+            raise LitSRError(f"{used[0]} applies to --runtime torch; an ONNX graph is fused and fp32 as exported "
+                             "(export another with python -m lit_sr.export_onnx)")
+        from lit_sr.onnx_pipeline import OnnxPipeline
+
+        return OnnxPipeline.from_export(args.model, args.decoder, args.encoder, device=args.device, tile=args.tile,
+                                        tile_overlap=args.tile_overlap, auto_tile=args.auto_tile,
+                                        max_output_pixels=args.max_output_pixels)
+    overrides = list(args.set) + ([f"model.scale={args.scale}"] if args.scale is not None else [])
+    if args.tile_overlap is not None:
+        overrides.append(f"model.tile_overlap={args.tile_overlap}")
+    return LitSRPipeline.from_pretrained(args.model, device=args.device, precision=args.precision, overrides=overrides,
+                                         tile=args.tile, vae_tile=args.vae_tile, fuse=args.fuse,
+                                         channels_last=args.channels_last, compile=args.compile,
+                                         adapter_weights=weights, auto_tile=args.auto_tile,
+                                         max_output_pixels=args.max_output_pixels, decoder=args.decoder,
+                                         encoder=args.encoder)
 
 
 def equal_size_batches(plan: Plan, size: int, stats: RunStats, scale: int = 1,

@@ -88,8 +88,13 @@ class LitSRPipeline:
                         vae_tile: int | None = None, fuse: bool = False, channels_last: bool = False,
                         compile: str | None = None, adapter_weights: Mapping[str, float] | None = None,
                         auto_tile: int | None = DEFAULT_AUTO_TILE,
-                        max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS) -> LitSRPipeline:
+                        max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS, decoder: str = "full",
+                        encoder: str = "full") -> LitSRPipeline:
         """Load an export folder (or a checkpoint); ``base`` is the local SD directory it was trained on.
+
+        ``decoder`` / ``encoder``: ``full`` (default) or ``distilled`` — the small VAE halves
+        ``experiment=distill_vae`` added to the export (much faster at large sizes; the model card
+        gives their cost and fidelity).
 
         ``tile`` / ``vae_tile`` set ``model.tile_latent`` / ``model.vae_tile`` (checked like the
         config's own values). ``adapter_weights`` scales denoiser adapters (:meth:`set_adapters`) before
@@ -103,7 +108,7 @@ class LitSRPipeline:
         sets += [f"model.{key}={value}" for key, value in (("tile_latent", tile), ("vae_tile", vae_tile))
                  if value is not None]
         device = usable_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        generator, cfg = load_generator(path, sets)
+        generator, cfg = load_generator(path, sets, decoder=decoder, encoder=encoder)
         pipe = cls(generator, cfg, device, precision,
                    auto_tile=auto_tile, max_output_pixels=max_output_pixels)
         if adapter_weights:
@@ -111,16 +116,33 @@ class LitSRPipeline:
         if fuse:
             pipe.fuse()
         if channels_last:
-            for module in (generator.denoiser, generator.vae):
+            for module in (generator.denoiser, generator.vae, generator.distilled_decoder, generator.distilled_encoder):
+                if module is None:
+                    continue
                 module.to(memory_format=torch.channels_last)
         if compile:
             pipe.compile(compile)
         return pipe
 
     def compile(self, backend: str = "inductor") -> None:
-        """``torch.compile`` the denoiser's and the VAE decoder's forward (adapter switches recompile once each)."""
-        for module in (self.generator.denoiser.net, self.generator.vae.decoder):
+        """``torch.compile`` the denoiser's and the VAE decoder's forward (adapter switches recompile once each;
+        a distilled decoder is compiled instead of the full one)."""
+        g = self.generator
+        decoder = g.distilled_decoder if g.distilled_decoder is not None else g.vae.decoder
+        for module in (g.denoiser.net, decoder):
             module.forward = torch.compile(module.forward, backend=backend, dynamic=False)
+
+    @property
+    def scale(self) -> int:
+        return self.generator.scale
+
+    @property
+    def has_endpoints(self) -> bool:
+        return self.generator.has_endpoints
+
+    def parse_knob(self, knob: Any) -> Any:
+        """The knob checked by the noise strategy (ValueError with one line when it is not valid)."""
+        return self.generator.noise.parse_knob(knob)
 
     # ------------------------------------------------------------------ settings
     def set_adapters(self, names: Sequence[str], weights: Sequence[float] | None = None, part: str = "denoiser") -> None:

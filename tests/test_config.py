@@ -83,8 +83,8 @@ def test_every_group_yaml_composes_and_instantiates(group, choice, tiny_bb, tmp_
     elif group == "system":
         from lit_sr.config.systems import build_system
 
-        if choice == "mem":  # needs a trained generator: the MEM experiment's node
-            with pytest.raises(ConfigError, match="experiment=mem"):
+        if choice in ("mem", "distill"):  # need a trained generator: their experiment's node (test_mem, test_distill)
+            with pytest.raises(ConfigError, match={"mem": "experiment=mem", "distill": "experiment=distill_vae"}[choice]):
                 build_system(cfg, backbone=tiny_bb)
         else:
             system = build_system(cfg, backbone=tiny_bb)

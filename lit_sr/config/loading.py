@@ -18,6 +18,7 @@ from lit_sr.config.build import build_generator
 from lit_sr.config.compose import validate
 from lit_sr.config.migrate import upgrade
 from lit_sr.errors import ConfigError, WeightsError
+from lit_sr.model.distilled import attach_distilled, check_choice
 from lit_sr.model.export import CONFIG_FILE, load_export
 from lit_sr.model.generator import OneStepSR
 from lit_sr.typed import config_error_line
@@ -82,7 +83,7 @@ TRUSTED_PREFIXES = ("lit_sr.", "datamodules.", "callbacks.", "losses.", "torch.o
 TRUSTED_FUNCTIONS = frozenset({
     "lit_sr.model.families.sd.load_sd", "lit_sr.model.families.sd.tiny_sd",  # the backbone families' loaders
     "lit_sr.model.families.sd3.load_sd3", "lit_sr.model.families.sd3.tiny_sd3",
-    "lit_sr.config.systems.sr_system", "lit_sr.config.systems.mem_system",
+    "lit_sr.config.systems.sr_system", "lit_sr.config.systems.mem_system", "lit_sr.config.systems.distill_system",
 })
 
 
@@ -102,9 +103,10 @@ def trusted_objects() -> tuple[tuple[type, ...], frozenset]:
     from lit_sr.model.mem import MetricEstimator
     from lit_sr.model.modulation import Modulation
     from lit_sr.model.noise.base import NoiseStrategy
+    from lit_sr.model.small_vae import SmallVAEPart
     from losses.base import LossTerm
 
-    classes = (NoiseStrategy, Conditioner, Modulation, LossTerm, MetricEstimator, Backbone, Degradation,
+    classes = (NoiseStrategy, Conditioner, Modulation, LossTerm, MetricEstimator, SmallVAEPart, Backbone, Degradation,
                L.LightningDataModule, L.Callback, Logger, Optimizer, LRScheduler)
     schedulers = {f"{f.__module__}.{f.__qualname__}" for f in TYPE_TO_SCHEDULER_FUNCTION.values()}
     return classes, frozenset(TRUSTED_FUNCTIONS | schedulers)
@@ -142,8 +144,15 @@ def _check_targets(node: Any, source: Path, key: str = "") -> None:
             _check_targets(v, source, f"{key}[{i}]")
 
 
-def load_generator(source: str | Path, overrides: list[str] | None = None) -> tuple[OneStepSR, DictConfig]:
-    """Generator with its trained tensors restored; ``overrides`` e.g. ``backbone.path=/models/sd21``."""
+def load_generator(source: str | Path, overrides: list[str] | None = None, decoder: str = "full",
+                   encoder: str = "full") -> tuple[OneStepSR, DictConfig]:
+    """Generator with its trained tensors restored; ``overrides`` e.g. ``backbone.path=/models/sd21``.
+
+    ``decoder`` / ``encoder``: ``full`` (the backbone's VAE half) or ``distilled`` (the export's
+    distilled one, :mod:`lit_sr.model.distilled`).
+    """
+    for part, choice in (("decoder", decoder), ("encoder", encoder)):
+        check_choice(part, choice)  # a bad value fails before the model is built
     cfg = load_config(source, overrides)
     generator = build_generator(cfg, training=False)
     path = Path(source)
@@ -161,4 +170,5 @@ def load_generator(source: str | Path, overrides: list[str] | None = None) -> tu
         with torch.no_grad():
             for k in expected:
                 params[k].copy_(sub[k])
+    attach_distilled(generator, path, decoder, encoder)
     return generator.eval(), cfg

@@ -105,6 +105,35 @@ class MemConfig:
 
 
 @dataclass
+class DistillConfig:
+    """The VAE distillation experiment (``experiment=distill_vae``): a trained generator, the small halves
+    to train against its VAE, and their losses."""
+
+    generator_export: str = MISSING  # export folder (or checkpoint) of the trained generator
+    generator_overrides: list[str] = field(default_factory=list)  # e.g. [backbone.path=/models/sd21]
+    decoder: Any = None  # _target_ node of the small decoder (null: keep the full one)
+    encoder: Any = None  # _target_ node of the small encoder (null: keep the full one)
+    pixel_weight: float = 1.0  # L1 between the small and the full decoder's images
+    lpips_weight: float = 0.1  # LPIPS between them (0: off)
+    vgg_weights: Optional[str] = None  # LPIPS's ImageNet VGG16 file (null: uncalibrated random trunk)
+    lpips_weights: Optional[str] = None  # LPIPS's linear heads (lpips/weights/v0.1/vgg.pth)
+    gan: Any = None  # optional adversarial term (losses.gan.GANLoss node) on the decoder's image
+    encoder_weight: float = 1.0  # latent MSE of the small encoder
+    knobs: Optional[list[Any]] = None  # knobs the decoder's ẑ is drawn at (null: the model's sweep and default)
+    grad_clip: Optional[float] = 1.0
+    optimizer: Any = None  # partial node of the students' optimizer
+    out_dir: str = MISSING  # the new export: the generator's plus distilled_vae.safetensors
+
+    def __post_init__(self) -> None:
+        for name in ("pixel_weight", "lpips_weight", "encoder_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise FieldError(name, f"must be a finite number >= 0, got {value}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise FieldError("grad_clip", f"must be a finite number > 0 or null, got {self.grad_clip}")
+
+
+@dataclass
 class TrainConfig:
     """The root of ``conf/train.yaml``; ``Any`` fields are components checked by their signature."""
 
@@ -135,6 +164,7 @@ class TrainConfig:
     callbacks: Optional[dict[str, Any]] = None  # name → callback node (conf/callbacks)
     logger: Optional[dict[str, Any]] = None  # name → logger node (conf/logger)
     mem: Optional[MemConfig] = None
+    distill: Optional[DistillConfig] = None
 
     def __post_init__(self) -> None:
         if self.cpu_threads is not None and self.cpu_threads < 1:

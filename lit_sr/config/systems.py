@@ -1,7 +1,8 @@
 """The training systems built from config: ``conf/system/*.yaml`` name one of these as ``_target_``.
 
 ``python train.py`` builds ``cfg.system`` with the composed config; ``experiment=mem`` selects
-``system=mem`` (RCOD's MEM trainer) instead of the SR system, with no special case in train.py.
+``system=mem`` (RCOD's MEM trainer) and ``experiment=distill_vae`` ``system=distill`` (small VAE
+halves distilled from a trained model) instead of the SR system, with no special case in train.py.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from lit_sr.errors import ConfigError
 from lit_sr.model.backbone import Backbone
 from lit_sr.model.generator import OneStepSR
 from lit_sr.model.noise.ldg import LDGNoise
+from lit_sr.systems.distill import DistillSystem
 from lit_sr.systems.mem import MEMSystem
 from lit_sr.systems.sr import SRSystem
 from lit_sr.systems.stages import parse_stages
@@ -79,6 +81,52 @@ def mem_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Ba
     estimator = build_component(node.estimator, "mem.estimator", latent_channels=int(generator.vae.channels))
     return MEMSystem(generator, estimator, optimizer=build_component(node.get("optimizer"), "mem.optimizer"),
                      config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def distill_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Backbone | None = None) -> DistillSystem:
+    """Small VAE halves distilled from a trained generator's own VAE (``experiment=distill_vae``)."""
+    node = cfg.get("distill")
+    if node is None:
+        raise ConfigError("system=distill trains small VAE halves and needs the distill node: use experiment=distill_vae "
+                          "distill.generator_export=<trained export>")
+    if node.get("decoder") is None and node.get("encoder") is None:
+        raise ConfigError("experiment=distill_vae: nothing to distil (distill.decoder and distill.encoder are both null)")
+    source, overrides = str(node.generator_export), list(node.get("generator_overrides") or [])
+    if generator is None:
+        generator, source_cfg = load_generator(source, overrides)
+    else:
+        source_cfg = load_config(source, overrides)
+    problem = "endpoint (IFCSR) models" if generator.has_endpoints else None
+    if problem:
+        raise ConfigError(f"experiment=distill_vae: {source}: {problem} are not supported (their two passes would need "
+                          "one decoder each)")
+    vae = generator.vae
+    parts = {name: build_component(node.get(name), f"distill.{name}", latent_channels=int(vae.channels),
+                                   factor=int(vae.factor)) for name in ("decoder", "encoder")}
+    lpips = None
+    if float(node.lpips_weight) > 0 and parts["decoder"] is not None:
+        from lit_sr.model.lpips import LPIPS
+
+        lpips = LPIPS(vgg_weights=node.get("vgg_weights"), lpips_weights=node.get("lpips_weights"))
+    return DistillSystem(generator, parts["decoder"], parts["encoder"], pixel_weight=float(node.pixel_weight),
+                         lpips_weight=float(node.lpips_weight), lpips=lpips, gan=build_component(node.get("gan"), "distill.gan"),
+                         encoder_weight=float(node.encoder_weight),
+                         knobs=_distill_knobs(generator, node.get("knobs")),
+                         optimizer=build_component(node.get("optimizer"), "distill.optimizer"),
+                         grad_clip=node.get("grad_clip"), seed=int(cfg.seed),
+                         config=OmegaConf.to_container(cfg, resolve=True), source=source,
+                         source_config=OmegaConf.to_container(source_cfg, resolve=True))
+
+
+def _distill_knobs(generator: OneStepSR, given) -> list:
+    """The knobs ẑ is drawn at: the given ones (checked), else the model's sweep and its default."""
+    noise = generator.noise
+    try:
+        if given is not None:
+            return [noise.parse_knob(k) for k in given]
+        return list(dict.fromkeys([noise.parse_knob(None), *(noise.parse_knob(k) for k in noise.knob_values())]))
+    except ValueError as exc:
+        raise ConfigError(f"distill.knobs: {str(exc).splitlines()[0]}") from None
 
 
 def build_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone: Backbone | None = None):

@@ -120,6 +120,11 @@ class OneStepSR(nn.Module):
             self.denoiser.enable_gradient_checkpointing()
             self.vae.enable_gradient_checkpointing()
         self._warned_auto_tile = False
+        # Small VAE halves distilled from this model (experiment=distill_vae) replace the full ones at
+        # inference once attached (lit_sr.model.distilled.attach_distilled); their weights live in
+        # their own file of the export, not in the model state.
+        self.distilled_decoder: nn.Module | None = None
+        self.distilled_encoder: nn.Module | None = None
 
     # ------------------------------------------------------------------ pieces
     def upsample(self, lq: torch.Tensor) -> torch.Tensor:
@@ -130,6 +135,8 @@ class OneStepSR(nn.Module):
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalised latent of an image in [-1, 1] (over overlapping tiles when larger than ``vae_tile``)."""
+        if self.distilled_encoder is not None:
+            return self.distilled_encoder.encode(x, self.vae_tile, self.vae_tile_overlap, self.vae_tile_stats)
         return self.vae.encode(x, self.vae_sample, generator, self.vae_tile, self.vae_tile_overlap, self.vae_tile_stats)
 
     def model_input(self, img: torch.Tensor) -> torch.Tensor:
@@ -159,6 +166,8 @@ class OneStepSR(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Image in [-1, 1] from a normalised latent (the decoder is frozen; tiled beyond ``vae_tile``)."""
+        if self.distilled_decoder is not None:
+            return self.distilled_decoder.decode(z, self.vae_tile, self.vae_tile_overlap, self.vae_tile_stats)
         return self.vae.decode(z, self.vae_tile, self.vae_tile_overlap, self.vae_tile_stats)
 
     def denoise(self, z_in: torch.Tensor, t: torch.Tensor, cond: Condition,
@@ -262,10 +271,13 @@ class OneStepSR(nn.Module):
 
 
 BACKBONE_PARTS = ("denoiser.", "vae.")  # parameter-name prefixes of the frozen backbone's networks
+DISTILLED_PARTS = ("distilled_decoder.", "distilled_encoder.")  # saved in their own file (model/distilled.py)
 
 
 def _is_added(name: str) -> bool:
-    """True for parameters the framework adds on top of the pretrained weights."""
+    """True for parameters the framework adds on top of the pretrained weights (and trains with the model)."""
+    if name.startswith(DISTILLED_PARTS):
+        return False
     if name.startswith(BACKBONE_PARTS):
         return "lora_" in name
     return True

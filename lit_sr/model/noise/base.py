@@ -42,6 +42,8 @@ class NoiseContext:
     knob: Any = None  # user's inference setting (None: the strategy's default)
     z_hq: torch.Tensor | None = None  # latent of the HQ target (training, when needs_hq_latent)
     generator: torch.Generator | None = None
+    eps: torch.Tensor | None = None  # standard normal noise for strategies that inject some (None: drawn);
+    # given by graphs that cannot draw torch's random numbers (the ONNX one-step graph)
     extras: dict = field(default_factory=dict)  # the strategy's values of this pass
 
 

@@ -70,7 +70,8 @@ class NoisedLatent(NoiseStrategy):
     def denoiser_input(self, ctx: NoiseContext, t: torch.Tensor) -> torch.Tensor:
         z = ctx.z_lq
         weight = self.noise_weight(ctx)
-        eps = torch.randn(z.shape, generator=ctx.generator, device=z.device, dtype=z.dtype)
+        eps = ctx.eps if ctx.eps is not None else torch.randn(z.shape, generator=ctx.generator, device=z.device,
+                                                               dtype=z.dtype)
         if weight is not None:
             eps = weight * eps
         ctx.extras["eps"] = eps  # to_x0 needs the injected noise
