@@ -7,8 +7,11 @@ built in memory from its published configuration (:func:`lit_sr.model.tracing.sd
 1. ``inference``: one-step SR, 128² LQ → 512², through the project's loading path
    (``experiment=osediff``, ``build_generator``, :class:`~lit_sr.pipeline.LitSRPipeline`): the naive diffusers-style path
    (fp32, unfused peft LoRA, ``AttnProcessor``, NCHW, eager) against bf16 + SDPA + fused LoRA +
-   channels-last, eager and ``torch.compile``-d. Median of ``--repeats`` after a warm-up;
-   ``torch.cuda.max_memory_allocated`` of each;
+   channels-last, eager and ``torch.compile``-d; the same with the distilled VAE halves
+   (:mod:`lit_sr.model.small_vae` at ``benchmarks/inference.py``'s ``SD_DISTILLED`` widths, random
+   weights), eager and compiled; and the fused fp32 pass with them as an ONNX graph in ONNX Runtime's
+   CUDA execution provider (reported as skipped where ``onnxruntime-gpu`` is not installed). Median of
+   ``--repeats`` after a warm-up; ``torch.cuda.max_memory_allocated`` of each;
 2. ``train``: each paper preset's training step (the calls of ``SRSystem.training_step``:
    generator pass, loss terms, backward, clip, AdamW; then each term's own network), bf16
    (frozen weights bf16, bf16 autocast) with gradient checkpointing, at batch 1 and 4 and 512²
@@ -124,6 +127,7 @@ def part_inference(device: torch.device, dry: bool, repeats: int, family: str = 
         rows[name]["peak_bytes"] = _peak(device)
         print(f"  {name:<34} {rows[name]['median_s'] * 1e3:9.1f} ms  (warm-up {rows[name]['warmup_s']:.1f} s)",
               flush=True)
+    onnx = _distilled_rows(pipe, lq, repeats, device, eager, rows)
     base = rows["naive"].get("median_s")
     for r in rows.values():
         if "median_s" in r and base:
@@ -131,7 +135,79 @@ def part_inference(device: torch.device, dry: bool, repeats: int, family: str = 
     configure(pipe, set())
     del pipe
     torch._dynamo.reset()
-    return {"lq": lq_size, "out": lq_size * 4, "repeats": repeats, "rows": rows}
+    return {"lq": lq_size, "out": lq_size * 4, "repeats": repeats, "rows": rows, "onnx": onnx,
+            "distilled": inference.SD_DISTILLED}
+
+
+def _timed_row(name: str, run, device: torch.device, rows: dict) -> None:
+    """rows[name] = the timing of ``run()`` with its peak memory, or the error it raised."""
+    _reset_peak(device)
+    try:
+        rows[name] = run()
+    except Exception as exc:  # noqa: BLE001 - a failed row is a result, not the end of the run
+        rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        print(f"  {name}: {rows[name]['error']}", flush=True)
+        return
+    rows[name]["peak_bytes"] = _peak(device)
+    print(f"  {name:<34} {rows[name]['median_s'] * 1e3:9.1f} ms  (warm-up {rows[name]['warmup_s']:.1f} s)", flush=True)
+
+
+def _distilled_rows(pipe, lq: torch.Tensor, repeats: int, device: torch.device, eager: set, rows: dict) -> dict:
+    """The fast path with the distilled VAE halves (random weights at SD widths: their speed is their
+    architecture's), eager and compiled, and the fused fp32 graph with them in ONNX Runtime (CUDA EP)."""
+    import tempfile
+
+    from inference import configure, distilled_parts, time_pipe
+
+    g = pipe.generator
+    parts = {k: m.to(device) for k, m in distilled_parts(g).items()}
+
+    def attach(on: bool, fmt=torch.contiguous_format) -> None:
+        g.distilled_decoder = parts["decoder"] if on else None
+        g.distilled_encoder = parts["encoder"] if on else None
+        for m in parts.values():
+            m.to(memory_format=fmt)
+
+    for name, opts in (("fast+distilled_decoder+encoder", eager), ("compile+distilled_decoder+encoder",
+                                                                     eager | {"compile"})):
+        torch._dynamo.reset()
+        configure(pipe, opts)
+        attach(True, torch.channels_last)
+        _timed_row(name, lambda: time_pipe(pipe, lq, repeats), device, rows)
+    torch._dynamo.reset()
+    configure(pipe, {"sdpa", "fuse"})
+    attach(True)
+    info: dict = {"status": "skipped"}
+    try:
+        import onnxruntime as ort
+
+        from lit_sr.export_onnx import export_graph
+        from lit_sr.onnx_pipeline import OnnxPipeline
+    except ImportError as exc:
+        info["reason"] = f"onnx extra not installed ({exc.name})"
+    else:
+        provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            info["reason"] = f"{provider} not in this onnxruntime ({', '.join(ort.get_available_providers())})"
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "pass.onnx"
+                try:
+                    meta = export_graph(g.cpu(), path, info={"what": "gpu benchmark"}, what="the benchmark generator")
+                except Exception as exc:  # noqa: BLE001 - a failed export is a result
+                    info = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+                else:
+                    g.to(device)
+                    ox = OnnxPipeline(path, device=device.type, auto_tile=None)
+                    _timed_row("onnx_runtime (fp32, distilled decoder+encoder)", lambda: time_pipe(ox, lq, repeats),
+                               device, rows)
+                    info = {"status": "ran", "provider": provider, "export_s": meta["export_s"],
+                            "max_abs_diff": meta["check"]["max_abs_diff"]}
+    g.to(device)
+    if info["status"] != "ran":
+        print(f"  onnx_runtime: {info['status']} ({info.get('reason')})", flush=True)
+    attach(False)
+    return info
 
 
 # ---------------------------------------------------------------------------------------- training

@@ -32,12 +32,13 @@ Parts (``--parts``, default all):
   (:mod:`lit_sr.model.tracing`);
 * ``vae-fake``: peak memory of the SD-size VAE encoder + decoder (``OneStepSR.encode`` and
   ``decode``, no gradient) at 512², 2048² and 4096² output, untiled vs tiled
-  (``vae_tile=512``, default overlap), traced with fake tensors (:mod:`lit_sr.model.tracing`;
+  (``vae_tile=512``, default overlap; one tiled column per ``--vae-tile-stats`` size, the size of
+  the downscaled copy whose GroupNorm statistics every tile uses), traced with fake tensors (:mod:`lit_sr.model.tracing`;
   live tensors, what ``torch.cuda.max_memory_allocated`` counts) in fp32 and under bf16 autocast;
 * ``vae-real``: the same with real tensors and the real-width VAE (random weights) at growing
   sizes (``--real-sizes``, default 256², 512², 768²) with a smaller tile (``--real-tile``, 256,
-  overlap 64) so that tiling starts inside the range: the tiled peak stays flat, the untiled one
-  grows with the area.
+  overlap 64, statistics from a copy of at most ``--real-stats`` px, default the tile) so that
+  tiling starts inside the range: the tiled peak stays flat, the untiled one grows with the area.
 
 Prints tables and writes JSON (``--out``, default benchmarks/results/inference.json). Quote
 ratios from one run; absolute times depend on the machine and its load.
@@ -410,7 +411,8 @@ def _vae_peak(g, h: int, w: int, bf16: bool) -> int:
     return tracker.peak
 
 
-def part_vae_fake(sizes: list[tuple[int, int]], tile: int) -> dict:
+def part_vae_fake(sizes: list[tuple[int, int]], tile: int, stats: list[int]) -> dict:
+    """Untiled vs tiled peaks; one tiled column per GroupNorm statistics size (``model.vae_tile_stats``)."""
     from lit_sr.model.tracing import fake_mode, sd21_backbone
 
     rows = []
@@ -421,18 +423,24 @@ def part_vae_fake(sizes: list[tuple[int, int]], tile: int) -> dict:
         for h, w in sizes:
             for bf16 in (False, True):
                 row = {"h": h, "w": w, "precision": "bf16-autocast" if bf16 else "fp32"}
-                for name, vae_tile in (("untiled", None), ("tiled", tile)):
-                    g.vae_tile = vae_tile
-                    row[f"{name}_peak_bytes"] = _vae_peak(g, h, w, bf16)
+                g.vae_tile = None
+                row["untiled_peak_bytes"] = _vae_peak(g, h, w, bf16)
+                g.vae_tile = tile
+                for size in stats:
+                    g.vae_tile_stats = size
+                    row[f"tiled_stats{size}_peak_bytes"] = _vae_peak(g, h, w, bf16)
                 rows.append(row)
-                print(f"  {w}x{h} {row['precision']:<13} untiled {row['untiled_peak_bytes'] / GB:7.2f} GB  "
-                      f"tiled {row['tiled_peak_bytes'] / GB:6.2f} GB", flush=True)
-    return {"vae_tile": tile, "vae_tile_overlap": overlap, "rows": rows, "trace_s": time.perf_counter() - t0,
+                tiled = "  ".join(f"tiled (stats {size}) {row[f'tiled_stats{size}_peak_bytes'] / GB:6.2f} GB"
+                                  for size in stats)
+                print(f"  {w}x{h} {row['precision']:<13} untiled {row['untiled_peak_bytes'] / GB:7.2f} GB  {tiled}",
+                      flush=True)
+    return {"vae_tile": tile, "vae_tile_overlap": overlap, "stats": stats, "rows": rows,
+            "trace_s": time.perf_counter() - t0,
             "what": "live bytes of activations during OneStepSR.encode + decode (no gradient), "
                     "weights not included"}
 
 
-def part_vae_real(sizes: list[int], tile: int, overlap: int) -> dict:
+def part_vae_real(sizes: list[int], tile: int, overlap: int, stats: int) -> dict:
     from diffusers import AutoencoderKL
 
     from lit_sr.model.autoencoder import Autoencoder
@@ -444,6 +452,7 @@ def part_vae_real(sizes: list[int], tile: int, overlap: int) -> dict:
     bb = tiny_sd()  # its small UNet and text tower: only the VAE runs here
     bb.autoencoder = Autoencoder(vae)
     g = _vae_generator(bb, None, overlap)
+    g.vae_tile_stats = stats
     rows = []
     for s in sizes:
         row = {"size": s}
@@ -455,7 +464,7 @@ def part_vae_real(sizes: list[int], tile: int, overlap: int) -> dict:
         rows.append(row)
         print(f"  {s}x{s} untiled {row['untiled_peak_bytes'] / MiB:8.0f} MiB  tiled {row['tiled_peak_bytes'] / MiB:6.0f}"
               f" MiB", flush=True)
-    return {"vae_tile": tile, "vae_tile_overlap": overlap, "precision": "fp32", "rows": rows,
+    return {"vae_tile": tile, "vae_tile_overlap": overlap, "vae_tile_stats": stats, "precision": "fp32", "rows": rows,
             "what": "PeakTracker over real tensors: live bytes allocated during encode + decode"}
 
 
@@ -509,15 +518,19 @@ def tables(results: dict) -> str:
             out.append(f"| {name} | {r['median_s']:.2f} | {r['speedup_vs_naive']:.2f}× |")
     if "vae_fake" in results:
         v = results["vae_fake"]
+        stats = v.get("stats", [])
         out += [f"\nSD-2.1 VAE encode + decode peak (fake tensors, activations only), untiled vs tiled "
-                f"(vae_tile={v['vae_tile']}, overlap {v['vae_tile_overlap']})",
-                "| output | precision | untiled GB | tiled GB | tiled/untiled |", "|---|---|---:|---:|---:|"]
+                f"(vae_tile={v['vae_tile']}, overlap {v['vae_tile_overlap']}; GroupNorm statistics from the image "
+                "downscaled to at most S px, model.vae_tile_stats)",
+                "| output | precision | untiled GB | " + " | ".join(f"tiled GB, S={s}" for s in stats) + " |",
+                "|---|---|---:|" + "---:|" * len(stats)]
         for r in v["rows"]:
-            out.append(f"| {r['w']}×{r['h']} | {r['precision']} | {r['untiled_peak_bytes'] / GB:.2f} | "
-                       f"{r['tiled_peak_bytes'] / GB:.2f} | {r['tiled_peak_bytes'] / r['untiled_peak_bytes']:.3f} |")
+            tiled = " | ".join(f"{r[f'tiled_stats{s}_peak_bytes'] / GB:.2f}" for s in stats)
+            out.append(f"| {r['w']}×{r['h']} | {r['precision']} | {r['untiled_peak_bytes'] / GB:.2f} | {tiled} |")
     if "vae_real" in results:
         v = results["vae_real"]
-        out += [f"\nreal-width VAE, real tensors, fp32 (vae_tile={v['vae_tile']}, overlap {v['vae_tile_overlap']})",
+        out += [f"\nreal-width VAE, real tensors, fp32 (vae_tile={v['vae_tile']}, overlap {v['vae_tile_overlap']}, "
+                f"vae_tile_stats={v.get('vae_tile_stats')})",
                 "| output | untiled MiB | tiled MiB | untiled s | tiled s |", "|---|---:|---:|---:|---:|"]
         for r in v["rows"]:
             out.append(f"| {r['size']}² | {r['untiled_peak_bytes'] / MiB:.0f} | {r['tiled_peak_bytes'] / MiB:.0f} | "
@@ -535,9 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row of the fast part")
     ap.add_argument("--sd35-layers", type=int, default=4, help="MM-DiT blocks of the speed-sd35 part (published: 24)")
     ap.add_argument("--vae-tile", type=int, default=512, help="vae_tile of the fake-tensor VAE part")
+    ap.add_argument("--vae-tile-stats", nargs="+", type=int, default=[1024, 512],
+                    help="GroupNorm statistics sizes of the fake-tensor VAE part's tiled columns (model default 1024)")
     ap.add_argument("--real-sizes", nargs="+", type=int, default=[256, 512, 768])
     ap.add_argument("--real-tile", type=int, default=256)
     ap.add_argument("--real-overlap", type=int, default=64)
+    ap.add_argument("--real-stats", type=int, default=None,
+                    help="vae_tile_stats of the real-tensor part (default: --real-tile, so the tiled peak stays flat)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "inference.json"))
     ap.add_argument("--merge", action="store_true", help="keep the other parts of an existing --out file")
@@ -584,11 +601,13 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if "vae-fake" in args.parts:
         print("VAE peak, fake tensors:", flush=True)
-        results["vae_fake"] = part_vae_fake([(512, 512), (2048, 2048), (2160, 3840), (4096, 4096)], args.vae_tile)
+        results["vae_fake"] = part_vae_fake([(512, 512), (2048, 2048), (2160, 3840), (4096, 4096)], args.vae_tile,
+                                            args.vae_tile_stats)
         save()
     if "vae-real" in args.parts:
         print("VAE peak, real tensors:", flush=True)
-        results["vae_real"] = part_vae_real(args.real_sizes, args.real_tile, args.real_overlap)
+        results["vae_real"] = part_vae_real(args.real_sizes, args.real_tile, args.real_overlap,
+                                            args.real_stats or args.real_tile)
     results["meta"]["total_s"] = time.perf_counter() - t_all
     results["meta"]["loadavg_after"] = os.getloadavg()
     save()

@@ -12,8 +12,9 @@ the same seed as the PyTorch pass draws it — so an untiled image equals the Py
 Tiling runs **the whole pass** per tile: overlapping LQ tiles of ``tile`` latent pixels (the
 ``--tile`` unit) go through the graph and their outputs are blended with the project's smooth
 window (:func:`lit_sr.model.tiling.tiled`); the noise of every tile is cut from one noise image,
-so overlaps agree. Unlike the PyTorch path the full VAE's GroupNorm statistics are then per tile;
-the distilled halves have no normalisation, so they tile without that difference. Large outputs
+so overlaps agree. Unlike the PyTorch path, whose tiles share GroupNorm statistics taken from the
+whole image, every GroupNorm (the full VAE's and the distilled halves') then normalises per tile,
+so a tiled graph output differs more from the untiled one than a tiled PyTorch output does. Large outputs
 tile automatically (``auto_tile``, as :mod:`lit_sr.autotile`).
 """
 from __future__ import annotations

@@ -150,6 +150,11 @@ def test_train_py_distill_vae_export_and_inference(make_cfg, tmp_path, backbone)
         assert entry["flops_512"]["distilled"] < entry["flops_512"]["full"]
         assert "sr_psnr" in entry["val"]
     assert "## Distilled VAE parts" in (out / "README.md").read_text()
+    # The yaml's cosine schedule is stepped by the manual-optimisation step: 3 of 3 steps end at lr 0.
+    ckpt = torch.load(tmp_path / "distill" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 3
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert not (source / DISTILLED_FILE).exists()  # the generator's own export is left as it was
 
     g, _ = load_generator(out, decoder="distilled", encoder="distilled")

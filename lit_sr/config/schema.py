@@ -122,6 +122,7 @@ class DistillConfig:
     knobs: Optional[list[Any]] = None  # knobs the decoder's ẑ is drawn at (null: the model's sweep and default)
     grad_clip: Optional[float] = 1.0
     optimizer: Any = None  # partial node of the students' optimizer
+    scheduler: Any = None  # partial node of an LR schedule on it, stepped per step (null: constant)
     out_dir: str = MISSING  # the new export: the generator's plus distilled_vae.safetensors
 
     def __post_init__(self) -> None:

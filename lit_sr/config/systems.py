@@ -113,6 +113,7 @@ def distill_system(cfg: DictConfig, generator: OneStepSR | None = None, backbone
                          encoder_weight=float(node.encoder_weight),
                          knobs=_distill_knobs(generator, node.get("knobs")),
                          optimizer=build_component(node.get("optimizer"), "distill.optimizer"),
+                         scheduler=build_component(node.get("scheduler"), "distill.scheduler"),
                          grad_clip=node.get("grad_clip"), seed=int(cfg.seed),
                          config=OmegaConf.to_container(cfg, resolve=True), source=source,
                          source_config=OmegaConf.to_container(source_cfg, resolve=True))

@@ -61,7 +61,8 @@ class DistillSystem(L.LightningModule):
     def __init__(self, generator: nn.Module, decoder: SmallDecoder | None = None, encoder: SmallEncoder | None = None,
                  pixel_weight: float = 1.0, lpips_weight: float = 0.1, lpips: nn.Module | None = None,
                  gan: LossTerm | None = None, encoder_weight: float = 1.0, knobs: list[Any] | None = None,
-                 optimizer: OptimizerFactory | None = None, grad_clip: float | None = 1.0, seed: int = 0,
+                 optimizer: OptimizerFactory | None = None, scheduler: Any = None, grad_clip: float | None = 1.0,
+                 seed: int = 0,
                  config: dict | None = None, source: str | None = None, source_config: dict | None = None) -> None:
         super().__init__()
         if decoder is None and encoder is None:
@@ -78,6 +79,7 @@ class DistillSystem(L.LightningModule):
         self.gan = gan
         self.knobs = [generator.noise.parse_knob(k) for k in (knobs if knobs else [None])]
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler  # a partial building an LR scheduler on the students' optimizer (None: constant)
         self.grad_clip = grad_clip
         self.seed = int(seed)
         self.config = config or {}
@@ -100,9 +102,10 @@ class DistillSystem(L.LightningModule):
     def configure_optimizers(self):
         params = self.averaged_parameters()
         opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.AdamW(params, lr=1e-3)
-        if self.gan is None:
-            return opt
-        return [opt, self.gan.configure_optimizer(self.gan.own_parameters())]
+        opts = [opt] if self.gan is None else [opt, self.gan.configure_optimizer(self.gan.own_parameters())]
+        if self.scheduler_factory is None:
+            return opts if len(opts) > 1 else opt
+        return opts, [{"scheduler": self.scheduler_factory(opt), "interval": "step"}]  # stepped in training_step
 
     @property
     def rng(self) -> torch.Generator:
@@ -158,6 +161,8 @@ class DistillSystem(L.LightningModule):
         self.manual_backward(total)
         self._clip(opts[0])
         opts[0].step()
+        if self.scheduler_factory is not None:  # manual optimisation: Lightning leaves the schedule to the step
+            self.lr_schedulers().step()
         if self.gan is not None and self.decoder is not None:  # the discriminator: teacher image real, student fake
             with torch.no_grad():
                 fake = (self.decoder(out.z_hat.float()) + 1) / 2
