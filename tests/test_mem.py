@@ -123,6 +123,7 @@ def test_mem_system_trains_only_the_estimator(make_cfg, tiny_bb):
     torch.testing.assert_close(latent_cosine(z_l, z_h), out.extras["latent_metric"])
 
 
+@pytest.mark.slow
 def test_train_py_experiment_mem_end_to_end(make_cfg, tmp_path):
     """`python train.py experiment=mem mem.generator_export=...` writes a MEM file LDG can load."""
     import train

@@ -36,6 +36,7 @@ def test_preset_sets_the_recipe_not_the_backbone(name):
                      "ifcsr": {"fidelity": 4, "realism": 4}}[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["tiny", "tiny_sd3"])  # both families: UNet/ε and MM-DiT/flow matching
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_trains_two_steps_on_the_tiny_backbone(name, backbone, tmp_path):
