@@ -128,7 +128,7 @@ def test_errors_are_one_line_with_exit_2(tmp_path, paired, make_cfg, tiny_bb, mo
     from lit_sr.config.build import build_generator
 
     generator = build_generator(make_cfg(), tiny_bb)  # noise=uniform, no endpoints
-    monkeypatch.setattr("lit_sr.config.loading.load_generator", lambda source, overrides: (generator, None))
+    monkeypatch.setattr("lit_sr.config.loading.load_generator", lambda source, overrides, **choices: (generator, None))
     assert main(["--model", "m", "--lq-dir", str(lq), "--hq-dir", str(hq), "--gammas", "0.5"]) == 2
     assert "endpoints" in capsys.readouterr().err
 
