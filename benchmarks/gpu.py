@@ -197,13 +197,12 @@ def _distilled_rows(pipe, lq: torch.Tensor, repeats: int, device: torch.device, 
                 except Exception as exc:  # noqa: BLE001 - a failed export is a result
                     info = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
                 else:
-                    g.to(device)
                     ox = OnnxPipeline(path, device=device.type, auto_tile=None)
                     _timed_row("onnx_runtime (fp32, distilled decoder+encoder)", lambda: time_pipe(ox, lq, repeats),
                                device, rows)
                     info = {"status": "ran", "provider": provider, "export_s": meta["export_s"],
                             "max_abs_diff": meta["check"]["max_abs_diff"]}
-    g.to(device)
+    g.to(device)  # back from the CPU copy the exporter traced
     if info["status"] != "ran":
         print(f"  onnx_runtime: {info['status']} ({info.get('reason')})", flush=True)
     attach(False)

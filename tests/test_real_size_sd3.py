@@ -42,13 +42,13 @@ def _build_stock_folder(out: Path) -> None:
         CLIP_G_TEXT,
         CLIP_L_TEXT,
         SD3_VAE,
+        model_fields,
         sd3_transformer_config,
         write_vision_encoder,
     )
 
     def text(cfg: dict) -> CLIPTextModelWithProjection:
-        fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
-        return CLIPTextModelWithProjection(CLIPTextConfig(**{**fields, "num_hidden_layers": TEXT_LAYERS}))
+        return CLIPTextModelWithProjection(CLIPTextConfig(**{**model_fields(cfg), "num_hidden_layers": TEXT_LAYERS}))
 
     torch.manual_seed(0)
     bpe = read_bpe()

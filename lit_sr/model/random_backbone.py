@@ -93,6 +93,12 @@ def _check_depth(name: str, value: int, published: int) -> int:
     return int(value)
 
 
+def model_fields(cfg: dict) -> dict:
+    """A published transformers config.json's fields that the config class takes as arguments
+    (without the file-level ``architectures`` / ``model_type`` keys)."""
+    return {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
+
+
 def write_vision_encoder(out: str | Path, seed: int = 3, layers: int = OPENCLIP_H_VISION["num_hidden_layers"]) -> Path:
     """OpenCLIP ViT-H/14's vision tower (VPIM's and MEM's ``image_encoder/``) with random weights."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -100,8 +106,7 @@ def write_vision_encoder(out: str | Path, seed: int = 3, layers: int = OPENCLIP_
     cfg = {**OPENCLIP_H_VISION, "num_hidden_layers": _check_depth("vision_layers", layers, 32)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
-        CLIPVisionModel(CLIPVisionConfig(**fields)).save_pretrained(out)
+        CLIPVisionModel(CLIPVisionConfig(**model_fields(cfg))).save_pretrained(out)
     _write_json(Path(out) / "config.json", cfg)
     return Path(out)
 
@@ -133,9 +138,6 @@ def write_sd_directory(
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     stamp = {"_diffusers_version": spec["diffusers_version"]}
-
-    def model_fields(cfg: dict) -> dict:
-        return {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -243,8 +245,7 @@ def write_sd3_directory(
         _write_json(root / "vae" / "config.json", {"_class_name": "AutoencoderKL", **stamp, **SD3_VAE})
         for i, (name, cfg) in enumerate(texts.items()):
             torch.manual_seed(seed + 2 + i)
-            fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
-            CLIPTextModelWithProjection(CLIPTextConfig(**fields)).save_pretrained(root / name)
+            CLIPTextModelWithProjection(CLIPTextConfig(**model_fields(cfg))).save_pretrained(root / name)
             _write_json(root / name / "config.json", cfg)
     (root / "scheduler").mkdir(exist_ok=True)
     _write_json(root / "scheduler" / "scheduler_config.json", {**FLOW_SCHEDULER, **stamp})

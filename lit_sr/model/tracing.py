@@ -203,11 +203,12 @@ def sd3_backbone(dtype: torch.dtype = torch.float32, vision: bool = False, arch:
         CLIP_L_TEXT,
         OPENCLIP_H_VISION,
         SD3_VAE,
+        model_fields,
         sd3_transformer_config,
     )
 
     def text(cfg: dict) -> dict:
-        fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
+        fields = model_fields(cfg)
         return {**fields, "num_hidden_layers": text_layers} if text_layers else fields
 
     cfg = sd3_transformer_config(arch, layers)
